@@ -112,9 +112,7 @@ def _key(scheme: str, secret: str) -> bytes:
 
 def _check_scheme(scheme: str) -> None:
     if scheme not in SCHEMES:
-        raise ValueError(
-            f"unknown webhook signature scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}"
-        )
+        raise ValueError(f"unknown webhook signature scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
 
 
 def _lower_keys(headers: Mapping[str, str]) -> dict[str, str]:

@@ -1,0 +1,71 @@
+"""Exception types. Each subclasses the builtin that fits and names the ids involved."""
+
+from __future__ import annotations
+
+
+class SyncdError(Exception):
+    """Base class for every error syncd raises on purpose."""
+
+
+class ConfigError(SyncdError, ValueError):
+    """A config file, key or secret is wrong. The CLI turns it into exit code 2."""
+
+    def __init__(self, source: str, key: str | None, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}")
+
+
+class StoreError(SyncdError, RuntimeError):
+    """The SQLite store cannot do what was asked (schema too new, file unusable)."""
+
+
+class StoreClosedError(StoreError):
+    """Work was handed to the store writer after it stopped."""
+
+    def __init__(self) -> None:
+        super().__init__("the store writer is stopped and takes no more work")
+
+
+class RecordError(SyncdError, ValueError):
+    """An API record or webhook payload does not follow the contract."""
+
+    def __init__(self, reason: str, *, resource: str | None = None) -> None:
+        self.reason = reason
+        self.resource = resource
+        super().__init__(f"{resource}: {reason}" if resource else reason)
+
+
+class ApiError(SyncdError, RuntimeError):
+    """The Pet Store API answered with an error or did not answer."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)
+
+
+class ApiAuthError(ApiError, PermissionError):
+    """401 or 403: retrying will not help until the key is fixed."""
+
+
+class ApiNotFoundError(ApiError, LookupError):
+    """404: the record or resource does not exist."""
+
+
+class CursorExpiredError(ApiError):
+    """400 cursor_expired: the listing must start again from its `since`."""
+
+
+class RateLimitedError(ApiError):
+    """429 with the number of seconds the API asked us to wait."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=429, code="rate_limited")
+
+
+class ApiTransientError(ApiError):
+    """5xx, timeout or connection failure: worth retrying with backoff."""

@@ -1,0 +1,151 @@
+"""Normalized record versions (`Change`) and parsing of API records and webhook envelopes.
+
+Everything that reaches the reconciler is a `Change`, whichever path it came by. Parsing is
+strict about what the reconciler needs (id, version, updatedAt) and lenient about everything
+else: unknown fields are kept (they become new columns), unknown event types are recognised
+as unknown rather than treated as errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from syncd.errors import RecordError
+
+Source = Literal["webhook", "poll", "fetch"]
+RecordId = int | str
+
+#: Event type prefix -> resource, from the contract's event table.
+_EVENT_PREFIXES = {"order": "orders", "customer": "customers", "inventory": "inventory"}
+KNOWN_EVENTS = frozenset(
+    {
+        "order.created",
+        "order.updated",
+        "order.shipped",
+        "order.completed",
+        "order.cancelled",
+        "inventory.low",
+        "inventory.updated",
+        "customer.registered",
+    }
+)
+TEST_EVENT = "webhook.test"
+_TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One version of one record, as the API or a webhook showed it."""
+
+    resource: str
+    id: RecordId
+    version: int
+    updated_at: str
+    data: Mapping[str, Any]
+    source: Source
+    event_id: str | None = None
+    event_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThinRef:
+    """A thin webhook event: only the id is known, the record must be fetched."""
+
+    resource: str
+    id: RecordId
+    event_id: str
+    event_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    event_id: str
+    event_type: str
+    timestamp: str | None
+    data: Any
+
+
+def resource_for_event(event_type: str) -> str | None:
+    """The resource an event type is about, or None when syncd does not know the type."""
+    if event_type in KNOWN_EVENTS:
+        return _EVENT_PREFIXES[event_type.split(".", 1)[0]]
+    return None
+
+
+def _check_id(value: object, resource: str) -> RecordId:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise RecordError(f"id must be an integer or a string, got {value!r}", resource=resource)
+    if isinstance(value, str) and not value:
+        raise RecordError("id must not be empty", resource=resource)
+    return value
+
+
+def parse_record(resource: str, obj: object, source: Source) -> Change:
+    """An API record (listing, GET one, or a full webhook snapshot) -> Change."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"record must be a JSON object, got {type(obj).__name__}", resource=resource)
+    record_id = _check_id(obj.get("id"), resource)
+    version = obj.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise RecordError(
+            f"record {record_id!r}: version must be an integer >= 1, got {version!r}",
+            resource=resource,
+        )
+    updated_at = obj.get("updatedAt")
+    if not isinstance(updated_at, str) or not _TIMESTAMP_RE.match(updated_at):
+        raise RecordError(
+            f"record {record_id!r}: updatedAt must be an RFC 3339 timestamp, got {updated_at!r}",
+            resource=resource,
+        )
+    return Change(resource, record_id, version, updated_at, obj, source)
+
+
+def parse_envelope(body: bytes) -> Envelope:
+    """Raw webhook body -> Envelope. Accepts the aliases `id` for `eventId` and `eventType` or
+    `type` for `event`. Raises RecordError with a reason fit for a dead letter."""
+    try:
+        obj = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise RecordError(f"body is not JSON: {exc.__class__.__name__}") from None
+    return envelope_from_object(obj)
+
+
+def envelope_from_object(obj: object) -> Envelope:
+    if not isinstance(obj, dict):
+        raise RecordError(f"envelope must be a JSON object, got {type(obj).__name__}")
+    event_id = obj.get("eventId", obj.get("id"))
+    if not isinstance(event_id, str) or not event_id:
+        raise RecordError("envelope has no eventId")
+    event_type = obj.get("event", obj.get("eventType", obj.get("type")))
+    if not isinstance(event_type, str) or not event_type:
+        raise RecordError(f"event {event_id}: envelope has no event type")
+    timestamp = obj.get("timestamp")
+    return Envelope(event_id, event_type, timestamp if isinstance(timestamp, str) else None, obj.get("data"))
+
+
+def change_from_envelope(env: Envelope) -> Change | ThinRef | None:
+    """What a known event means for the mirror: a full snapshot, a thin reference to fetch,
+    or None for events that carry no record (webhook.test, unknown types)."""
+    resource = resource_for_event(env.event_type)
+    if resource is None:
+        return None
+    data = env.data
+    if not isinstance(data, dict):
+        raise RecordError(f"event {env.event_id}: data must be a JSON object", resource=resource)
+    if set(data) == {"id"}:
+        return ThinRef(resource, _check_id(data["id"], resource), env.event_id, env.event_type)
+    change = parse_record(resource, data, "webhook")
+    return Change(
+        change.resource,
+        change.id,
+        change.version,
+        change.updated_at,
+        change.data,
+        "webhook",
+        env.event_id,
+        env.event_type,
+    )

@@ -1,0 +1,519 @@
+"""The SQLite store: schema and migrations, mirror tables, cursors, events, inbox, audit.
+
+One writer owns the connection. `Store` methods that write are only ever called on the
+`Writer` thread: other components hand it work with `await writer.run(fn, *args)` (from
+asyncio) or `writer.call(fn, *args)` (from threads), where `fn(store, *args)` runs on the
+writer thread and may use `store.db.atomic()` to make several writes one transaction.
+Every producer waits for its result before handing over more, so the writer's queue is
+bounded by the number of producers (inbox flusher, inbox worker, one poller per resource,
+the admin/CLI requests), not by the rate of events.
+
+Readers (status, readiness, verify) open their own connections with `Store.open_reader`;
+WAL lets them read while the writer writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import sqlite_utils
+
+from syncd.errors import StoreClosedError, StoreError
+
+SCHEMA_VERSION = 3
+MIRROR_RESOURCES = ("orders", "customers", "inventory")
+BOOKKEEPING_COLUMNS = ("_version", "_source", "_synced_at", "_deleted", "_deleted_at", "_listed")
+#: Contract fields, so the tables exist with sensible column order before the first record.
+CONTRACT_FIELDS: dict[str, tuple[str, ...]] = {
+    "orders": (
+        "customer",
+        "status",
+        "total",
+        "currency",
+        "items",
+        "createdAt",
+        "updatedAt",
+        "version",
+    ),
+    "customers": ("email", "name", "createdAt", "updatedAt", "version"),
+    "inventory": ("product", "quantity", "threshold", "updatedAt", "version"),
+}
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def utc_iso(ts: float | None = None) -> str:
+    """Epoch seconds -> RFC 3339 UTC with milliseconds, the API's own timestamp format."""
+    dt = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_iso(value: str) -> float:
+    """RFC 3339 -> epoch seconds."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def to_column_value(value: Any) -> Any:
+    """Top-level record value -> what SQLite stores. Nested values become JSON text."""
+    if value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        # Beyond 64 bits SQLite cannot hold an integer; keep its digits as text.
+        return value if -(2**63) <= value < 2**63 else str(value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+# -- migrations ---------------------------------------------------------------------------
+# Each step takes a database at version N-1 to N inside one transaction. Never edit a
+# released step: add a new one.
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE _meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.execute(
+        "CREATE TABLE _cursors (resource TEXT PRIMARY KEY, cursor TEXT, last_poll_at REAL,"
+        " last_error TEXT, last_error_at REAL)"
+    )
+    db.execute(
+        "CREATE TABLE _events (event_id TEXT PRIMARY KEY, event_type TEXT, resource TEXT,"
+        " record_id TEXT, version INTEGER, outcome TEXT, first_seen REAL, last_seen REAL,"
+        " deliveries INTEGER NOT NULL DEFAULT 1)"
+    )
+    db.execute(
+        "CREATE TABLE _inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT,"
+        " received_at REAL, client TEXT, headers TEXT, body BLOB)"
+    )
+    db.execute(
+        "CREATE TABLE _dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT,"
+        " event_type TEXT, received_at REAL, reason TEXT, body BLOB)"
+    )
+    for resource, fields in CONTRACT_FIELDS.items():
+        cols = ", ".join(quote(f) for f in fields)
+        db.execute(
+            f"CREATE TABLE {resource} (id PRIMARY KEY, {cols}, _version INTEGER NOT NULL,"
+            " _source TEXT, _synced_at TEXT, _deleted INTEGER NOT NULL DEFAULT 0)"
+        )
+
+
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    # Request audit, replay bookkeeping and processing time of events.
+    db.execute(
+        "CREATE TABLE _audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, client TEXT,"
+        " method TEXT, path TEXT, status INTEGER, reason TEXT, event_id TEXT, body_size INTEGER)"
+    )
+    db.execute("CREATE INDEX _audit_at ON _audit (at)")
+    db.execute("ALTER TABLE _events ADD COLUMN processed_at REAL")
+    db.execute("CREATE INDEX _events_last_seen ON _events (last_seen)")
+    db.execute("ALTER TABLE _dead_letters ADD COLUMN replayed_at REAL")
+    db.execute("ALTER TABLE _dead_letters ADD COLUMN replay_outcome TEXT")
+
+
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    # Full relists sweep by generation (bounded memory, no id set in RAM); tombstones record
+    # when they were set; cursors remember relists and per-resource totals.
+    for resource in MIRROR_RESOURCES:
+        db.execute(f"ALTER TABLE {resource} ADD COLUMN _deleted_at TEXT")
+        db.execute(f"ALTER TABLE {resource} ADD COLUMN _listed INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE _cursors ADD COLUMN last_full_relist_at REAL")
+    db.execute("ALTER TABLE _cursors ADD COLUMN relist_generation INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE _cursors ADD COLUMN last_changes INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE _cursors ADD COLUMN last_success_at REAL")
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migrate_1,
+    _migrate_2,
+    _migrate_3,
+)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What the reconciler needs to know of a stored record. `content` (field -> column value,
+    NULLs dropped) is loaded only when a decision needs it (same version seen again)."""
+
+    version: int
+    deleted: bool
+    source: str
+    content: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CursorState:
+    resource: str
+    cursor: str | None
+    last_poll_at: float | None
+    last_success_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+    last_full_relist_at: float | None
+    relist_generation: int
+    last_changes: int
+
+
+def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class Store:
+    """The mirror and bookkeeping tables of one SQLite file."""
+
+    def __init__(self, path: str | Path, *, migrate_to: int = SCHEMA_VERSION) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = _connect(self.path)
+            self.db = sqlite_utils.Database(self.conn, execute_plugins=False)
+            self.db.enable_wal()
+            # FULL: a commit survives power loss, which is what an acknowledgement promises.
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate(migrate_to)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self._columns: dict[str, set[str]] = {}
+
+    # -- schema -------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        if "_meta" not in self.db.table_names():
+            return 0
+        row = self.conn.execute("SELECT value FROM _meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _migrate(self, target: int) -> None:
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {current}, newer than this syncd "
+                f"understands ({SCHEMA_VERSION}); upgrade syncd"
+            )
+        for version in range(current + 1, target + 1):
+            with self.db.atomic():
+                MIGRATIONS[version - 1](self.db)
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO _meta (key, value) VALUES ('schema_version', ?)",
+                    (str(version),),
+                )
+
+    def columns(self, resource: str) -> set[str]:
+        cols = self._columns.get(resource)
+        if cols is None:
+            cols = {row[1] for row in self.conn.execute(f"PRAGMA table_info({quote(resource)})")}
+            if not cols:
+                raise StoreError(f"no mirror table for resource {resource!r}")
+            self._columns[resource] = cols
+        return cols
+
+    def ensure_columns(self, resource: str, fields: Iterable[str]) -> None:
+        """New fields in API records add columns; they never fail a sync."""
+        cols = self.columns(resource)
+        for name in fields:
+            if name not in cols:
+                self.conn.execute(f"ALTER TABLE {quote(resource)} ADD COLUMN {quote(name)}")
+                cols.add(name)
+
+    # -- mirror -------------------------------------------------------------------------
+
+    def mirror_states(self, resource: str, ids: Sequence[Any]) -> dict[Any, StoredState]:
+        out: dict[Any, StoredState] = {}
+        for chunk in _chunks(ids, 900):
+            marks = ",".join("?" * len(chunk))
+            for rid, version, deleted, source in self.conn.execute(
+                f"SELECT id, _version, _deleted, _source FROM {quote(resource)} WHERE id IN ({marks})",
+                chunk,
+            ):
+                out[rid] = StoredState(version, bool(deleted), source)
+        return out
+
+    def mirror_contents(self, resource: str, ids: Sequence[Any]) -> dict[Any, dict[str, Any]]:
+        out: dict[Any, dict[str, Any]] = {}
+        for chunk in _chunks(ids, 900):
+            marks = ",".join("?" * len(chunk))
+            cur = self.conn.execute(f"SELECT * FROM {quote(resource)} WHERE id IN ({marks})", chunk)
+            names = [d[0] for d in cur.description]
+            for row in cur:
+                content = {
+                    k: v for k, v in zip(names, row, strict=True) if v is not None and not k.startswith("_")
+                }
+                out[content["id"]] = content
+        return out
+
+    def write_records(
+        self,
+        resource: str,
+        records: Sequence[tuple[Mapping[str, Any], int, str]],
+        *,
+        synced_at: str,
+        listed: int | None = None,
+    ) -> None:
+        """Insert or replace whole records. `records` holds (data, version, source)."""
+        if not records:
+            return
+        fields: dict[str, None] = {}
+        for data, _, _ in records:
+            for key in data:
+                fields.setdefault(key, None)
+        self.ensure_columns(resource, fields)
+        # Every field column is written, so a field the record no longer has becomes NULL
+        # instead of keeping an old value; the relist mark is kept (see tombstone_unlisted).
+        names = [
+            "id",
+            *sorted(c for c in self.columns(resource) if c != "id" and not c.startswith("_")),
+        ]
+        listed_value = 0 if listed is None else listed
+        col_sql = ", ".join(quote(n) for n in names)
+        marks = ",".join("?" * (len(names) + 5))
+        updates = ", ".join(f"{quote(n)}=excluded.{quote(n)}" for n in names[1:])
+        sql = (
+            f"INSERT INTO {quote(resource)} ({col_sql}, _version, _source, _synced_at,"
+            f" _deleted, _listed) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates},"
+            " _version=excluded._version, _source=excluded._source, _synced_at=excluded._synced_at,"
+            " _deleted=0, _deleted_at=NULL, _listed=MAX(_listed, excluded._listed)"
+        )
+        conv = to_column_value
+        rows = [
+            (*[conv(data.get(n)) for n in names], version, source, synced_at, 0, listed_value)
+            for data, version, source in records
+        ]
+        self.conn.executemany(sql, rows)
+
+    def mark_listed(self, resource: str, ids: Sequence[Any], generation: int) -> None:
+        for chunk in _chunks(ids, 900):
+            marks = ",".join("?" * len(chunk))
+            self.conn.execute(
+                f"UPDATE {quote(resource)} SET _listed=? WHERE id IN ({marks})",
+                (generation, *chunk),
+            )
+
+    def tombstone_unlisted(self, resource: str, generation: int, *, spare_since: str, now: str) -> int:
+        """Mark deleted what the full listing of `generation` did not return, sparing records
+        that changed (or were synced) since `spare_since`: they may simply not be visible to
+        listings yet. Returns how many were tombstoned."""
+        cur = self.conn.execute(
+            f"UPDATE {quote(resource)} SET _deleted=1, _deleted_at=? WHERE _deleted=0 AND _listed<?"
+            " AND COALESCE(updatedAt, '') < ? AND COALESCE(_synced_at, '') < ?",
+            (now, generation, spare_since, spare_since),
+        )
+        return cur.rowcount
+
+    def mirror_counts(self, resource: str) -> tuple[int, int]:
+        """(live records, tombstoned records)."""
+        row = self.conn.execute(
+            f"SELECT COUNT(*) - COALESCE(SUM(_deleted), 0), COALESCE(SUM(_deleted), 0) FROM {quote(resource)}"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def mirror_versions(
+        self, resource: str, *, include_deleted: bool = False
+    ) -> Iterator[tuple[Any, int, bool]]:
+        where = "" if include_deleted else " WHERE _deleted=0"
+        for rid, version, deleted in self.conn.execute(
+            f"SELECT id, _version, _deleted FROM {quote(resource)}{where} ORDER BY id"
+        ):
+            yield rid, version, bool(deleted)
+
+    # -- cursors ------------------------------------------------------------------------
+
+    def cursor_state(self, resource: str) -> CursorState:
+        row = self.conn.execute(
+            "SELECT cursor, last_poll_at, last_success_at, last_error, last_error_at,"
+            " last_full_relist_at, relist_generation, last_changes FROM _cursors WHERE resource=?",
+            (resource,),
+        ).fetchone()
+        if row is None:
+            return CursorState(resource, None, None, None, None, None, None, 0, 0)
+        return CursorState(resource, *row)
+
+    def set_cursor(self, resource: str, cursor: str | None) -> None:
+        self.conn.execute(
+            "INSERT INTO _cursors (resource, cursor) VALUES (?, ?)"
+            " ON CONFLICT(resource) DO UPDATE SET cursor=excluded.cursor",
+            (resource, cursor),
+        )
+
+    def update_cursor_meta(self, resource: str, **fields: Any) -> None:
+        allowed = {
+            "last_poll_at",
+            "last_success_at",
+            "last_error",
+            "last_error_at",
+            "last_full_relist_at",
+            "relist_generation",
+            "last_changes",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown cursor fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+        self.conn.execute("INSERT OR IGNORE INTO _cursors (resource) VALUES (?)", (resource,))
+        sets = ", ".join(f"{k}=?" for k in fields)
+        self.conn.execute(f"UPDATE _cursors SET {sets} WHERE resource=?", (*fields.values(), resource))
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM _meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO _meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- events, dead letters, audit ------------------------------------------------------
+
+    def known_events(self, event_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(event_ids, 900):
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                r[0]
+                for r in self.conn.execute(f"SELECT event_id FROM _events WHERE event_id IN ({marks})", chunk)
+            )
+        return found
+
+    def add_dead_letter(
+        self,
+        event_id: str | None,
+        event_type: str | None,
+        received_at: float,
+        reason: str,
+        body: bytes,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO _dead_letters (event_id, event_type, received_at, reason, body) VALUES (?, ?, ?, ?, ?)",
+            (event_id, event_type, received_at, reason, body),
+        )
+
+    def add_audit(self, rows: Sequence[tuple[float, str, str, str, int, str, str | None, int]]) -> None:
+        """(at, client, method, path, status, reason, event_id, body_size) per request."""
+        self.conn.executemany(
+            "INSERT INTO _audit (at, client, method, path, status, reason, event_id, body_size)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def prune(self, now: float, *, dedupe_retention: float, audit_retention: float) -> tuple[int, int]:
+        """Forget event ids and audit rows past their retention. Pending events are kept."""
+        with self.db.atomic():
+            events = self.conn.execute(
+                "DELETE FROM _events WHERE last_seen < ? AND outcome != 'pending'",
+                (now - dedupe_retention,),
+            ).rowcount
+            audit = self.conn.execute("DELETE FROM _audit WHERE at < ?", (now - audit_retention,)).rowcount
+        return events, audit
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @staticmethod
+    def open_reader(path: str | Path) -> sqlite3.Connection:
+        """A read-only connection for status, readiness and verify; never writes."""
+        if not Path(path).exists():
+            raise StoreError(f"no store at {path}")
+        return _connect(str(path), readonly=True)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_STOP = object()
+
+
+class Writer:
+    """The single thread that owns the store's connection and runs handed-over work in order."""
+
+    def __init__(self, store_factory: Callable[[], Store]) -> None:
+        self._factory = store_factory
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._store: Store | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._main, name="syncd-store-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        try:
+            self._store = self._factory()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            fn, args, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(self._store, *args))
+            except BaseException as exc:
+                future.set_exception(exc)
+        self._store.close()
+
+    def submit(self, fn: Callable[Concatenate[Store, P], T], *args: Any) -> concurrent.futures.Future[T]:
+        if self._closed:
+            raise StoreClosedError()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((fn, args, future))
+        return future
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(store, *args)` on the writer thread and wait (for threads and sync code)."""
+        return self.submit(fn, *args).result()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(store, *args)` on the writer thread and await it (for asyncio code)."""
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def stop(self) -> None:
+        """Finish the work already handed over, then close the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+
+
+@contextmanager
+def running_writer(path: str | Path) -> Iterator[Writer]:
+    writer = Writer(lambda: Store(path))
+    writer.start()
+    try:
+        yield writer
+    finally:
+        writer.stop()
