@@ -23,6 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,12 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _one_line(text: str) -> str:

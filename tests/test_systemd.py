@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.systemd import Notifier, listen_fds, listen_fds_with_names, watchdog_loop
+from syncd.systemd import Notifier, listen_fds, watchdog_loop
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "syncd.service"
@@ -37,30 +37,35 @@ def receive(sock: socket.socket) -> str:
 
 
 def assert_nothing_queued(sock: socket.socket) -> None:
-    with pytest.raises(BlockingIOError):
-        sock.recv(4096, socket.MSG_DONTWAIT)
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        with pytest.raises(BlockingIOError):
+            sock.recv(4096)
+    finally:
+        sock.settimeout(timeout)
 
 
 def test_each_message(notify_socket: socket.socket) -> None:
-    notifier = Notifier()
-    assert notifier.enabled
-    assert notifier.ready()
-    assert receive(notify_socket) == "READY=1"
-    assert notifier.ready("mirroring 3 resources")
-    assert receive(notify_socket) == "READY=1\nSTATUS=mirroring 3 resources"
-    assert notifier.stopping()
-    assert receive(notify_socket) == "STOPPING=1"
-    assert notifier.status("polling: webhooks silent for 5m")
-    assert receive(notify_socket) == "STATUS=polling: webhooks silent for 5m"
-    assert notifier.watchdog()
-    assert receive(notify_socket) == "WATCHDOG=1"
-    notifier.close()
+    with Notifier() as notifier:
+        assert notifier.enabled
+        assert notifier.ready()
+        assert receive(notify_socket) == "READY=1"
+        assert notifier.ready("mirroring 3 resources")
+        assert receive(notify_socket) == "READY=1\nSTATUS=mirroring 3 resources"
+        assert notifier.stopping()
+        assert receive(notify_socket) == "STOPPING=1"
+        assert notifier.status("polling: webhooks silent for 5m")
+        assert receive(notify_socket) == "STATUS=polling: webhooks silent for 5m"
+        assert notifier.watchdog()
+        assert receive(notify_socket) == "WATCHDOG=1"
     assert_nothing_queued(notify_socket)
 
 
 def test_reloading_carries_monotonic_timestamp(notify_socket: socket.socket) -> None:
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    assert Notifier().reloading()
+    with Notifier() as notifier:
+        assert notifier.reloading()
     after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     match = re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=(\d+)", receive(notify_socket))
     assert match is not None
@@ -68,7 +73,8 @@ def test_reloading_carries_monotonic_timestamp(notify_socket: socket.socket) -> 
 
 
 def test_status_text_cannot_inject_assignments(notify_socket: socket.socket) -> None:
-    Notifier().status("bad\nREADY=1")
+    with Notifier() as notifier:
+        notifier.status("bad\nREADY=1")
     assert receive(notify_socket) == "STATUS=bad READY=1"
 
 
@@ -78,16 +84,15 @@ def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:
         sock.bind("\0" + name)
         sock.settimeout(5)
         monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
-        notifier = Notifier()
-        assert notifier.ready("up")
+        with Notifier() as notifier:
+            assert notifier.ready("up")
         assert receive(sock) == "READY=1\nSTATUS=up"
-        notifier.close()
 
 
 def test_environment_is_read_at_construction(notify_socket: socket.socket) -> None:
-    notifier = Notifier()
-    os.environ.pop("NOTIFY_SOCKET")
-    assert notifier.watchdog()
+    with Notifier() as notifier:
+        os.environ.pop("NOTIFY_SOCKET")
+        assert notifier.watchdog()
     assert receive(notify_socket) == "WATCHDOG=1"
     assert not Notifier().enabled
 
@@ -113,8 +118,7 @@ def test_send_failure_logs_once_and_never_raises(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
-    notifier = Notifier()
-    with caplog.at_level(logging.DEBUG, logger="syncd.systemd"):
+    with Notifier() as notifier, caplog.at_level(logging.DEBUG, logger="syncd.systemd"):
         assert notifier.ready() is False
         assert notifier.watchdog() is False
         assert notifier.stopping() is False
@@ -162,12 +166,12 @@ async def test_watchdog_loop_pings_between_sleeps(notify_socket: socket.socket) 
             three_pings.set()
             await asyncio.Event().wait()
 
-    notifier = Notifier()
-    task = asyncio.create_task(watchdog_loop(notifier, 15.0, sleep=fake_sleep))
-    await three_pings.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    with Notifier() as notifier:
+        task = asyncio.create_task(watchdog_loop(notifier, 15.0, sleep=fake_sleep))
+        await three_pings.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert slept == [15.0, 15.0, 15.0]
     assert [receive(notify_socket) for _ in range(3)] == ["WATCHDOG=1"] * 3
     assert_nothing_queued(notify_socket)
@@ -230,9 +234,7 @@ def test_listen_fds_takes_inherited_socket(tmp_path: Path) -> None:
         listener.bind(path)
         listener.listen()
         fd = listener.fileno()
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(fd)], pass_fds=(fd,), cwd=REPO
-        )
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(fd)], pass_fds=(fd,), cwd=REPO)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
                 client.settimeout(30)
@@ -249,6 +251,27 @@ def test_listen_fds_takes_inherited_socket(tmp_path: Path) -> None:
         "env": [],
         "again": 0,
     }
+
+
+NOT_A_SOCKET = r"""
+import os
+read_end, _ = os.pipe()
+os.dup2(read_end, 3)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="webhook")
+from syncd.systemd import listen_fds
+try:
+    listen_fds()
+except OSError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.slow
+def test_listen_fds_rejects_non_socket_fd() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", NOT_A_SOCKET], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert "socket-activation fd 3 (webhook) is not a socket" in out.stdout
 
 
 SOCKET_ACTIVATED = r"""
