@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from syncd.config import API_KEY_CREDENTIAL, CONFIG_ENV, WEBHOOK_SECRET_CREDENTIAL
 from syncd.systemd import Notifier, listen_fds, watchdog_loop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -210,6 +211,7 @@ if fd != 3:
     os.dup2(fd, 3)
     os.close(fd)
 os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="webhook")
+from syncd.config import API_KEY_CREDENTIAL, CONFIG_ENV, WEBHOOK_SECRET_CREDENTIAL
 from syncd.systemd import listen_fds_with_names
 found = listen_fds_with_names()
 (name, sock), = found
@@ -258,6 +260,7 @@ import os
 read_end, _ = os.pipe()
 os.dup2(read_end, 3)
 os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="webhook")
+from syncd.config import API_KEY_CREDENTIAL, CONFIG_ENV, WEBHOOK_SECRET_CREDENTIAL
 from syncd.systemd import listen_fds
 try:
     listen_fds()
@@ -276,6 +279,7 @@ def test_listen_fds_rejects_non_socket_fd() -> None:
 
 SOCKET_ACTIVATED = r"""
 import json, os
+from syncd.config import API_KEY_CREDENTIAL, CONFIG_ENV, WEBHOOK_SECRET_CREDENTIAL
 from syncd.systemd import listen_fds_with_names
 env = {k: os.environ[k] for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")}
 (name, sock), = listen_fds_with_names()
@@ -315,3 +319,56 @@ def test_listen_fds_under_systemd_socket_activate(tmp_path: Path) -> None:
         if proc.stderr is not None:
             proc.stderr.close()
     assert report == {"name": "webhook", "pid_matches": True, "fds": "1"}
+
+
+# --- the unit file ------------------------------------------------------------
+
+needs_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (not a systemd host)"
+)
+
+
+@needs_analyze
+def test_unit_exposure_rating_at_most_2_5() -> None:
+    # --threshold takes tenths: 25 means an exposure of 2.5, and makes the
+    # command fail above it.
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=25", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for syncd\.service: (\d+\.\d)", out.stdout)
+    assert match is not None, out.stdout + out.stderr
+    assert float(match.group(1)) <= 2.5
+    assert out.returncode == 0, out.stderr
+
+
+@needs_analyze
+def test_unit_verifies_cleanly(tmp_path: Path) -> None:
+    # verify insists the ExecStart binary exists, and /usr/local/bin/syncd is
+    # an install-time path; check a copy pointing at an executable that exists.
+    text = UNIT.read_text()
+    assert "ExecStart=/usr/local/bin/syncd run --config /etc/syncd/config.toml\n" in text
+    copy = tmp_path / "syncd.service"
+    copy.write_text(text.replace("ExecStart=/usr/local/bin/syncd ", f"ExecStart={sys.executable} "))
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
+    )
+    # Unknown or misspelt keys are only warnings (exit 0), so any output fails.
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+
+
+def test_unit_wires_what_the_daemon_expects() -> None:
+    lines = {line.strip() for line in UNIT.read_text().splitlines()}
+    for wanted in (
+        "Type=notify",
+        "WatchdogSec=30s",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "StateDirectory=syncd",
+        "DynamicUser=yes",
+        f"LoadCredential={API_KEY_CREDENTIAL}:/etc/syncd/credentials/{API_KEY_CREDENTIAL}",
+        f"LoadCredential={WEBHOOK_SECRET_CREDENTIAL}:/etc/syncd/credentials/{WEBHOOK_SECRET_CREDENTIAL}",
+        f"Environment={CONFIG_ENV}=/etc/syncd/config.toml",
+    ):
+        assert wanted in lines
