@@ -359,6 +359,44 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
 
 
+W_XOR_X_CHILD = r"""
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    sys.exit(77)
+import mmap
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+except PermissionError:
+    pass
+else:
+    sys.exit("W^X is not enforced")
+import asyncio, sqlite3, ssl
+import httpx, uvloop, uvicorn, starlette.applications, apscheduler, sqlite_utils, prometheus_client
+import syncd.cli
+
+async def main() -> None:
+    ssl.create_default_context()
+    async with httpx.AsyncClient():
+        pass
+    sqlite3.connect(":memory:").execute("select 1").fetchone()
+
+uvloop.run(main())
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_runtime_works_without_writable_executable_memory() -> None:
+    # MemoryDenyWriteExecute=yes in the unit; the kernel's own W^X switch
+    # (PR_SET_MDWE, Linux >= 6.3) checks the same thing without systemd.
+    out = subprocess.run([sys.executable, "-c", W_XOR_X_CHILD], cwd=REPO, capture_output=True, text=True)
+    if out.returncode == 77:
+        pytest.skip("kernel lacks PR_SET_MDWE (Linux < 6.3)")
+    assert (out.returncode, out.stdout) == (0, "ok\n"), out.stderr
+
+
 def test_unit_wires_what_the_daemon_expects() -> None:
     lines = {line.strip() for line in UNIT.read_text().splitlines()}
     for wanted in (
