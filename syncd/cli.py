@@ -78,6 +78,7 @@ def _register() -> None:
         ("syncd.cli_sync", "commands"),
         ("syncd.cli_webhooks", "commands"),
         ("syncd.cli_daemon", "commands"),
+        ("syncd.cli_demo", "commands"),
     ):
         try:
             mod = importlib.import_module(module)
