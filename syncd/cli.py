@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from syncd.config import Config, load_config, resolve_config_path
+from syncd.config import Config, check_warnings, load_config, resolve_config_path
 from syncd.errors import ConfigError, SyncdError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,6 +61,8 @@ def check_config(config_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    for warning in check_warnings(cfg):
+        click.echo(f"syncd: warning: {warning}", err=True)
     click.echo(f"# {cfg.source}: OK")
     for section, values in data.items():
         click.echo(f"[{section}]")

@@ -235,13 +235,14 @@ class WebhookConfig(_Section):
             raise ValueError(f"{value!r} must start with '/'")
         return value
 
-    @field_validator("dedupe_retention")
+    @field_validator("dedupe_retention", "audit_retention")
     @classmethod
-    def _covers_retries(cls, value: float) -> float:
-        # The provider retries for about 31.6 h; forgetting an event id sooner lets a retry
-        # be applied twice.
-        if value < 32 * 3600:
-            raise ValueError("must be at least 32h, longer than the provider's retry schedule")
+    def _at_least_a_minute(cls, value: float) -> float:
+        # Shorter than the provider's ~31.6 h retry schedule is allowed (a retry seen after its
+        # id was forgotten is decided again, and the reconciler finds it a duplicate), but it
+        # costs work and muddles event outcomes: `check_warnings` says so.
+        if value < 60:
+            raise ValueError("must be at least 1m")
         return value
 
 
@@ -403,3 +404,22 @@ def load_config(
     if (cfg.webhook.tls_cert is None) != (cfg.webhook.tls_key is None):
         raise ConfigError(source, "webhook.tls_cert", "set both tls_cert and tls_key, or neither")
     return cfg.model_copy(update={"source": source, "secrets": Secrets(api_key, secrets)})
+
+
+def check_warnings(cfg: Config) -> list[str]:
+    """Settings that are valid but probably not what the operator wants."""
+    out = []
+    if cfg.webhook.dedupe_retention < 32 * 3600:
+        out.append(
+            "webhook.dedupe_retention is shorter than the provider's retry schedule (about 31.6h): "
+            "late retries will be decided again instead of being recognised as duplicates"
+        )
+    if cfg.poll.lookback < 10:
+        out.append(
+            "poll.lookback is shorter than the API's 10s visibility lag: polls can miss late-committed changes"
+        )
+    if cfg.sync.mode == "push" and cfg.poll.safety_interval < cfg.poll.interval:
+        out.append(
+            "poll.safety_interval is shorter than poll.interval: push mode would poll more than fallback does"
+        )
+    return out
