@@ -76,7 +76,7 @@ def test_store_creates_missing_parent_directories(tmp_path: Path) -> None:
 def test_unusable_file_is_a_store_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "garbage.db"
     path.write_bytes(b"this is not a database" * 200)
-    with pytest.raises(StoreError, match="garbage.db"):
+    with pytest.raises(StoreError, match=r"garbage\.db"):
         Store(path)
 
 
@@ -425,5 +425,5 @@ def test_writer_start_reports_a_store_that_cannot_open(tmp_path: Path) -> None:
     path = tmp_path / "bad.db"
     path.write_bytes(b"not sqlite" * 500)
     writer = Writer(lambda: Store(path))
-    with pytest.raises(StoreError, match="bad.db"):
+    with pytest.raises(StoreError, match=r"bad\.db"):
         writer.start()
