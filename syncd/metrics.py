@@ -76,6 +76,9 @@ class Metrics:
             ["to", "reason"],
             registry=r,
         )
+        self.audit_dropped = Counter(
+            "syncd_webhook_audit_dropped", "Audit rows dropped because the buffer was full", registry=r
+        )
         self.dead_letters = Counter("syncd_dead_letters", "Events stored as dead letters", registry=r)
         self.tombstones = Counter(
             "syncd_tombstones", "Records marked deleted by a full relist", ["resource"], registry=r

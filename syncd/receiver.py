@@ -1,0 +1,425 @@
+"""The public webhook receiver: one path, checked in a fixed order, acknowledged only when
+the delivery is durable.
+
+Order of checks (the first that fails answers): path (404), IP allowlist (403), rate limit
+per client (429 + Retry-After), method (405), content type (415), body size, both the
+announced length and while streaming (413), signature over the raw bytes (401, the body
+never says which part failed), JSON envelope (400), durable inbox commit (200, or 503 when
+the store cannot commit or too many deliveries wait). A payload that passes all that but
+is not a valid record is still acknowledged: the worker dead-letters it, since a provider
+would otherwise retry it for days.
+
+The endpoint is a raw ASGI callable inside Starlette: the hot path builds no Request or
+Response objects, which keeps the receiver close to the framework's ceiling.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from syncd.audit import AuditLog, AuditRow
+from syncd.config import Network, WebhookConfig
+from syncd.errors import ConfigError, RecordError
+from syncd.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
+from syncd.metrics import Metrics
+from syncd.records import envelope_from_object
+from syncd.signatures import Verifier, make_verifier
+from syncd.store import Writer
+
+log = logging.getLogger("syncd.receiver")
+
+#: Deeper JSON than this is refused: real envelopes are 3-4 levels deep, and deep nesting
+#: is a way to make every later json.dumps/loads of the body hit the recursion limit.
+MAX_JSON_DEPTH = 32
+MAX_EVENT_ID_LENGTH = 256
+#: Headers kept with a delivery for audit; signatures, authorization and cookies never are.
+AUDIT_HEADERS = (
+    "content-type",
+    "user-agent",
+    "x-webhook-id",
+    "webhook-id",
+    "webhook-timestamp",
+    "x-github-delivery",
+    "x-github-event",
+    "x-forwarded-for",
+    "x-request-id",
+)
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_BODIES = {
+    "accepted": b'{"status":"accepted"}',
+    "duplicate": b'{"status":"duplicate"}',
+}
+_ERRORS = {
+    400: b'{"error":"bad request"}',
+    401: b'{"error":"invalid signature"}',
+    403: b'{"error":"forbidden"}',
+    404: b'{"error":"not found"}',
+    405: b'{"error":"method not allowed"}',
+    413: b'{"error":"body too large"}',
+    415: b'{"error":"content type must be application/json"}',
+    429: b'{"error":"rate limited"}',
+    503: b'{"error":"temporarily unavailable"}',
+}
+
+
+def _in(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def resolve_client(peer: str, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """The client address. X-Forwarded-For counts only when the direct peer is a trusted
+    proxy; then the right-most address that is not itself a trusted proxy is the client
+    (anything left of it could have been written by the client)."""
+    if not forwarded_for or not trusted or not _in(peer, trusted):
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+class RateLimiter:
+    """Token bucket per client (burst = one second's worth), over a bounded LRU of clients."""
+
+    def __init__(self, rate: float, *, max_clients: int = 10_000) -> None:
+        self.rate = rate
+        self._max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def set_rate(self, rate: float) -> None:
+        self.rate = rate
+
+    def check(self, client: str, now: float) -> float | None:
+        """None when allowed; otherwise the seconds until a token is available."""
+        burst = max(1.0, self.rate)
+        tokens, last = self._buckets.pop(client, (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - last) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[client] = (tokens, now)
+        if len(self._buckets) > self._max_clients:
+            self._buckets.popitem(last=False)
+        return None if allowed else (1.0 - tokens) / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverSettings:
+    """Everything a SIGHUP may change, swapped as one object."""
+
+    cfg: WebhookConfig
+    verifier: Verifier
+
+    @classmethod
+    def build(cls, cfg: WebhookConfig, secrets: Sequence[str]) -> ReceiverSettings:
+        return cls(cfg, make_verifier(cfg.scheme, tuple(secrets), tolerance=cfg.tolerance))
+
+
+def _json_depth_ok(obj: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def _json_content_type(value: str | None) -> bool:
+    if value is None:
+        return False
+    media, *params = value.split(";")
+    if media.strip().lower() != "application/json":
+        return False
+    for param in params:
+        name, _, val = param.partition("=")
+        if name.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
+class _Reject(Exception):
+    """Control flow inside the endpoint: answer with this status; never escapes it."""
+
+    def __init__(self, status: int, reason: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = list(headers)
+
+
+class WebhookReceiver:
+    """The ASGI endpoint for `webhook.path`, plus the audited 404 for every other path."""
+
+    def __init__(
+        self,
+        settings: ReceiverSettings,
+        inbox: Inbox,
+        audit: AuditLog,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.limiter = RateLimiter(settings.cfg.rate_limit)
+        self._inbox = inbox
+        self._audit = audit
+        self._metrics = metrics
+        self._clock = clock
+        self._counters: dict[tuple[int, str], Any] = {}
+
+    def update_settings(self, cfg: WebhookConfig, secrets: Sequence[str]) -> None:
+        """Swap secrets, limits and allowlists at once (SIGHUP). Raises ValueError, keeping
+        the old settings, when the new secrets are unusable. The path and listen address
+        need a restart."""
+        new = ReceiverSettings.build(cfg, secrets)
+        if cfg.path != self.settings.cfg.path:
+            log.warning("webhook.path changed to %s; it takes effect after a restart", cfg.path)
+        self.limiter.set_rate(cfg.rate_limit)
+        self.settings = new
+
+    def _count(self, status: int, reason: str) -> None:
+        if self._metrics is None:
+            return
+        counter = self._counters.get((status, reason))
+        if counter is None:
+            counter = self._metrics.requests.labels(status=str(status), reason=reason)
+            self._counters[(status, reason)] = counter
+        counter.inc()
+
+    async def _answer(
+        self,
+        send: Send,
+        scope: Scope,
+        client: str,
+        status: int,
+        reason: str,
+        body: bytes,
+        *,
+        event_id: str | None = None,
+        size: int = 0,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        self._count(status, reason)
+        path = scope.get("path", "")[:512]
+        self._audit.record(
+            AuditRow(
+                self._clock(), client, scope.get("method", "")[:16], path, status, reason, event_id, size
+            )
+        )
+        if status >= 400 and status != 429:
+            log.info("webhook %s %s from %s: %d %s", scope.get("method"), path, client, status, reason)
+
+    async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        peer = (scope.get("client") or ("", 0))[0]
+        await self._answer(send, scope, peer, 404, "not_found", _ERRORS[404])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.not_found(scope, receive, send)
+            return
+        started = time.perf_counter()
+        s = self.settings
+        cfg = s.cfg
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        peer = (scope.get("client") or ("", 0))[0]
+        client = resolve_client(peer, headers.get("x-forwarded-for"), cfg.trusted_proxies)
+        size = 0
+        event_id: str | None = None
+        try:
+            if cfg.allow_ips and not _in(client, cfg.allow_ips):
+                raise _Reject(403, "ip_not_allowed")
+            wait = self.limiter.check(client, self._clock())
+            if wait is not None:
+                raise _Reject(429, "rate_limited", [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+            if scope["method"] != "POST":
+                raise _Reject(405, "method_not_allowed", [(b"allow", b"POST")])
+            if not _json_content_type(headers.get("content-type")):
+                raise _Reject(415, "unsupported_media_type")
+            announced = headers.get("content-length")
+            if announced is not None and (not announced.isdigit() or int(announced) > cfg.max_body):
+                raise _Reject(413 if announced.isdigit() else 400, "body_too_large")
+            body, size = await self._read_body(receive, cfg.max_body)
+            result = s.verifier.verify(headers, body, now=self._clock())
+            if not result.ok:
+                raise _Reject(401, f"signature:{result.reason}")
+            event_id, event_type = self._envelope(body)
+            delivery = Delivery(
+                event_id,
+                self._clock(),
+                client,
+                {k: headers[k] for k in AUDIT_HEADERS if k in headers},
+                body,
+                event_type,
+            )
+            try:
+                outcome = await self._inbox.submit(delivery)
+            except InboxFullError:
+                raise _Reject(503, "inbox_full", [(b"retry-after", b"1")]) from None
+            except InboxCommitError:
+                raise _Reject(503, "store_unavailable", [(b"retry-after", b"5")]) from None
+        except _Reject as rej:
+            await self._answer(
+                send, scope, client, rej.status, rej.reason, _ERRORS[rej.status],
+                event_id=event_id, size=size, headers=rej.headers,
+            )  # fmt: skip
+            return
+        except _Disconnected:
+            self._count(499, "client_disconnected")
+            return
+        await self._answer(send, scope, client, 200, outcome, _BODIES[outcome], event_id=event_id, size=size)
+        if self._metrics is not None:
+            self._metrics.ack_latency.observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _read_body(receive: Receive, cap: int) -> tuple[bytes, int]:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > cap:
+                # Answer now: reading the rest would let a sender make us buffer anything.
+                raise _Reject(413, "body_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), size
+
+    @staticmethod
+    def _envelope(body: bytes) -> tuple[str, str]:
+        try:
+            obj = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _Reject(400, "not_utf8") from None
+        except RecursionError:
+            raise _Reject(400, "json_too_deep") from None
+        except json.JSONDecodeError:
+            raise _Reject(400, "malformed_json") from None
+        if not isinstance(obj, dict):
+            raise _Reject(400, "not_an_object")
+        if not _json_depth_ok(obj, MAX_JSON_DEPTH):
+            raise _Reject(400, "json_too_deep")
+        try:
+            env = envelope_from_object(obj)
+        except RecordError:
+            reason = (
+                "missing_event_id"
+                if not isinstance(obj.get("eventId", obj.get("id")), str)
+                else "missing_event_type"
+            )
+            raise _Reject(400, reason) from None
+        if len(env.event_id) > MAX_EVENT_ID_LENGTH:
+            raise _Reject(400, "event_id_too_long")
+        return env.event_id, env.event_type
+
+
+class _Disconnected(Exception):
+    """The client went away before the body was complete."""
+
+
+def create_receiver_app(
+    cfg: WebhookConfig,
+    secrets: tuple[str, ...],
+    inbox: Inbox,
+    writer: Writer,
+    *,
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+    audit: AuditLog | None = None,
+) -> Starlette:
+    """The public app: `cfg.path` only. `app.state.update_settings(cfg, secrets)` reloads;
+    `app.state.audit` is the audit log (started and flushed with the app's lifespan)."""
+    audit_log = audit or AuditLog(writer, metrics=metrics)
+    receiver = WebhookReceiver(
+        ReceiverSettings.build(cfg, secrets), inbox, audit_log, metrics=metrics, clock=clock
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await audit_log.start()
+        try:
+            yield
+        finally:
+            await audit_log.stop()
+
+    app = Starlette(routes=[Route(cfg.path, endpoint=receiver)], lifespan=lifespan)
+    # Only the exact path exists: no redirect from "/path/" and every miss is audited.
+    app.router.redirect_slashes = False
+    app.router.default = receiver.not_found
+    app.state.receiver = receiver
+    app.state.audit = audit_log
+    app.state.update_settings = receiver.update_settings
+    return app
+
+
+def uvicorn_config(
+    app: Starlette,
+    cfg: WebhookConfig,
+    *,
+    fd: int | None = None,
+    log_level: str = "warning",
+    limit_concurrency: int | None = 4096,
+) -> uvicorn.Config:
+    """uvicorn settings for the public listener: uvloop/httptools when installed, TLS when
+    `webhook.tls_cert`/`tls_key` are set, and `fd` for a socket passed by systemd.
+    Proxy headers are off: the receiver applies its own `trusted_proxies` rule."""
+    kwargs: dict[str, Any] = {
+        "loop": "auto",
+        "http": "auto",
+        "lifespan": "on",
+        "access_log": False,
+        "server_header": False,
+        "proxy_headers": False,
+        "log_level": log_level,
+        "log_config": None,
+        "limit_concurrency": limit_concurrency,
+        "timeout_graceful_shutdown": 5,
+    }
+    if fd is not None:
+        kwargs["fd"] = fd
+    else:
+        kwargs["host"], kwargs["port"] = cfg.listen.host, cfg.listen.port
+    if cfg.tls_cert or cfg.tls_key:
+        if not (cfg.tls_cert and cfg.tls_key):
+            raise ConfigError("<config>", "webhook.tls_cert", "tls_cert and tls_key must be set together")
+        kwargs["ssl_certfile"], kwargs["ssl_keyfile"] = cfg.tls_cert, cfg.tls_key
+    return uvicorn.Config(app, **kwargs)

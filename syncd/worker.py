@@ -1,0 +1,336 @@
+"""The inbox worker: drains committed webhook deliveries into the reconciler, in order.
+
+Each batch is read from `_inbox`, turned into changes (full events carry their snapshot,
+thin events are fetched from the API), then settled in ONE transaction on the writer:
+mirror writes, `_events` outcomes, dead letters and the deletion of the processed `_inbox`
+rows. A crash anywhere before that commit leaves the rows in the inbox to be processed
+again, and the reconciler makes the repeat harmless.
+
+A thin event whose fetch fails stays in the inbox: the worker moves on to later rows and
+comes back to the failed ones after a backoff, so an API outage delays thin events without
+holding up full ones, and memory holds no per-event retry state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from syncd.errors import RecordError
+from syncd.metrics import Metrics
+from syncd.reconcile import apply_batch
+from syncd.records import TEST_EVENT, Change, ThinRef, change_from_envelope, parse_envelope, parse_record
+from syncd.store import Store, Writer
+
+log = logging.getLogger("syncd.worker")
+
+#: Outcomes recorded for events that carry no change for the mirror.
+TEST, IGNORED, INVALID, GONE, UNFETCHED = "test", "ignored", "invalid", "gone", "unfetched"
+#: A thin event whose record could not be fetched: it stays where it is, to be retried.
+RETRY = "retry"
+
+
+class RecordFetcher(Protocol):
+    async def get_record(self, resource: str, record_id: int | str) -> dict[str, Any] | None: ...
+
+
+@dataclass(slots=True)
+class Pending:
+    """An event read back from `_inbox` (seq set) or `_dead_letters` (dead_letter_id set)."""
+
+    event_id: str | None
+    received_at: float
+    body: bytes
+    seq: int | None = None
+    dead_letter_id: int | None = None
+
+
+@dataclass(slots=True)
+class Settled:
+    """What one event means once parsed and fetched: a change to reconcile, or an outcome."""
+
+    item: Pending
+    event_type: str | None
+    change: Change | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    resource: str | None = None
+    record_id: str | None = None
+    ref: ThinRef | None = None
+
+
+class EventProcessor:
+    """Parses events and fetches thin ones. Shared by the worker and dead-letter replay."""
+
+    def __init__(self, client: RecordFetcher | None, *, fetch_thin: bool, fetch_concurrency: int = 8) -> None:
+        self._client = client
+        self._fetch_thin = fetch_thin
+        self._limit = asyncio.Semaphore(fetch_concurrency)
+
+    async def prepare(self, items: Sequence[Pending]) -> list[Settled]:
+        settled = [self._parse(item) for item in items]
+        thin = [s for s in settled if s.outcome is None and s.ref is not None]
+        if thin:
+            await asyncio.gather(*(self._fetch(s) for s in thin))
+        return settled
+
+    def _parse(self, item: Pending) -> Settled:
+        try:
+            env = parse_envelope(item.body)
+            meaning = change_from_envelope(env)
+        except RecordError as exc:
+            return Settled(item, None, outcome=INVALID, reason=exc.reason, resource=exc.resource)
+        except Exception as exc:  # a payload must never stop the worker; keep it for inspection
+            return Settled(item, None, outcome=INVALID, reason=f"{type(exc).__name__}: {exc}")
+        if meaning is None:
+            return Settled(item, env.event_type, outcome=TEST if env.event_type == TEST_EVENT else IGNORED)
+        if isinstance(meaning, Change):
+            return Settled(
+                item, env.event_type, change=meaning, resource=meaning.resource, record_id=str(meaning.id)
+            )
+        settled = Settled(
+            item, env.event_type, resource=meaning.resource, record_id=str(meaning.id), ref=meaning
+        )
+        if not self._fetch_thin or self._client is None:
+            # The safety poll will bring the record; nothing here can.
+            settled.outcome = UNFETCHED
+        return settled
+
+    async def _fetch(self, s: Settled) -> None:
+        ref, client = s.ref, self._client
+        assert ref is not None
+        assert client is not None
+        try:
+            async with self._limit:
+                record = await client.get_record(ref.resource, ref.id)
+        except Exception as exc:
+            log.warning(
+                "event %s: fetching %s %s failed, will retry: %s", ref.event_id, ref.resource, ref.id, exc
+            )
+            s.outcome, s.reason = RETRY, str(exc)
+            return
+        if record is None:
+            s.outcome = GONE
+            return
+        try:
+            change = parse_record(ref.resource, record, "fetch")
+        except RecordError as exc:
+            s.outcome, s.reason = INVALID, f"fetched record: {exc.reason}"
+            return
+        s.change = Change(
+            change.resource, change.id, change.version, change.updated_at, change.data, "fetch",
+            ref.event_id, ref.event_type,
+        )  # fmt: skip
+
+
+def load_inbox(store: Store, after_seq: int, limit: int) -> list[Pending]:
+    rows = store.conn.execute(
+        "SELECT seq, event_id, received_at, body FROM _inbox WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after_seq, limit),
+    ).fetchall()
+    return [Pending(event_id, received_at, bytes(body), seq=seq) for seq, event_id, received_at, body in rows]
+
+
+def settle(store: Store, settled: Sequence[Settled], now: float) -> list[str]:
+    """Apply, record outcomes, dead-letter and dequeue, all in one transaction. Events left
+    with RETRY are not touched. Returns each event's outcome."""
+    with store.db.atomic():
+        done = [s for s in settled if s.outcome != RETRY]
+        changes = [s for s in done if s.change is not None]
+        if changes:
+            result = apply_batch(store, [s.change for s in changes if s.change is not None])
+            for s, outcome in zip(changes, result.outcomes, strict=True):
+                s.outcome = outcome.value
+        event_rows: list[tuple[Any, ...]] = []
+        for s in done:
+            item = s.item
+            version = s.change.version if s.change is not None else None
+            if s.outcome == INVALID and item.dead_letter_id is None:
+                store.add_dead_letter(
+                    item.event_id, s.event_type, item.received_at, s.reason or "", item.body
+                )
+            if item.dead_letter_id is not None:
+                store.conn.execute(
+                    "UPDATE _dead_letters SET replayed_at=?, replay_outcome=? WHERE id=?",
+                    (now, s.outcome, item.dead_letter_id),
+                )
+            if item.event_id is not None:
+                event_rows.append(
+                    (s.outcome, s.event_type, s.resource, s.record_id, version, now, item.event_id)
+                )
+        store.conn.executemany(
+            "UPDATE _events SET outcome=?, event_type=COALESCE(?, event_type), resource=COALESCE(?, resource),"
+            " record_id=?, version=?, processed_at=? WHERE event_id=?",
+            event_rows,
+        )
+        store.conn.executemany(
+            "DELETE FROM _inbox WHERE seq=?", [(s.item.seq,) for s in done if s.item.seq is not None]
+        )
+    return [s.outcome or RETRY for s in settled]
+
+
+def _count_inbox(store: Store) -> int:
+    return int(store.conn.execute("SELECT COUNT(*) FROM _inbox").fetchone()[0])
+
+
+class InboxWorker:
+    """Drains `_inbox` into the reconciler until stopped. Woken by the inbox after commits."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        client: RecordFetcher | None,
+        *,
+        fetch_thin: bool,
+        metrics: Metrics | None = None,
+        batch: int = 500,
+        idle_timeout: float = 1.0,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._writer = writer
+        self._processor = EventProcessor(client, fetch_thin=fetch_thin)
+        self._metrics = metrics
+        self._batch = batch
+        self._idle_timeout = idle_timeout
+        self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._stopped = False
+        self._after_seq = 0
+        self._retry_at: float | None = None
+        self._failed_rounds = 0
+        #: Events by outcome since start (the fallback logic reads how many webhooks applied).
+        self.counts: Counter[str] = Counter()
+        self.processed = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        self._stopped = False
+        if self._metrics is not None:
+            self._metrics.inbox_depth.set(await self._writer.run(_count_inbox))
+        while not self._stopped:
+            self._wake.clear()
+            if self._retry_at is not None and self._clock() >= self._retry_at:
+                self._after_seq, self._retry_at = 0, None
+            try:
+                rows = await self._writer.run(load_inbox, self._after_seq, self._batch)
+                if rows:
+                    await self._process(rows)
+                    continue
+            except Exception:
+                # The rows stay in the inbox; try again after a pause rather than spin.
+                log.exception("inbox worker: processing a batch failed; retrying in %.1fs", self._retry_delay)
+                await self._sleep(self._retry_delay)
+                continue
+            timeout = self._idle_timeout
+            if self._retry_at is not None:
+                timeout = min(timeout, max(0.0, self._retry_at - self._clock()))
+            await self._sleep(timeout)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def drain(self) -> None:
+        """Process everything in the inbox now (for `syncd replay`, tests and shutdown)."""
+        self._after_seq = 0
+        while rows := await self._writer.run(load_inbox, self._after_seq, self._batch):
+            await self._process(rows)
+
+    async def _process(self, rows: list[Pending]) -> None:
+        settled = await self._processor.prepare(rows)
+        now = self._clock()
+        outcomes = await self._writer.run(settle, settled, now)
+        self._after_seq = max(self._after_seq, rows[-1].seq or 0)
+        retries = outcomes.count(RETRY)
+        if retries:
+            self._failed_rounds += 1
+            delay = min(self._max_retry_delay, self._retry_delay * 2 ** (self._failed_rounds - 1))
+            if self._retry_at is None:
+                self._retry_at = self._clock() + delay
+        elif any(s.change is not None and s.change.source == "fetch" for s in settled):
+            self._failed_rounds = 0
+        self._record(settled, outcomes, now)
+
+    def _record(self, settled: Iterable[Settled], outcomes: Sequence[str], now: float) -> None:
+        done = [o for o in outcomes if o != RETRY]
+        self.counts.update(done)
+        self.processed += len(done)
+        m = self._metrics
+        if m is None:
+            return
+        m.inbox_depth.dec(len(done))
+        for s, outcome in zip(settled, outcomes, strict=True):
+            if outcome == RETRY:
+                continue
+            m.events.labels(outcome=outcome).inc()
+            if outcome == INVALID:
+                m.dead_letters.inc()
+            if s.change is not None:
+                m.records.labels(source=s.change.source, outcome=outcome).inc()
+                m.event_to_mirror.observe(max(0.0, now - s.item.received_at))
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+def load_dead_letters(store: Store, ids: Sequence[int] | None) -> list[Pending]:
+    """Dead letters to replay: the given ids, or every one not yet replayed successfully."""
+    if ids:
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT id, event_id, received_at, body FROM _dead_letters WHERE id IN ({marks}) ORDER BY id"
+        params: Sequence[Any] = list(ids)
+    else:
+        sql = (
+            "SELECT id, event_id, received_at, body FROM _dead_letters"
+            " WHERE replay_outcome IS NULL OR replay_outcome = 'invalid' ORDER BY id"
+        )
+        params = ()
+    return [
+        Pending(event_id, received_at, bytes(body), dead_letter_id=dl_id)
+        for dl_id, event_id, received_at, body in store.conn.execute(sql, params)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    dead_letter_id: int
+    event_id: str | None
+    outcome: str
+    reason: str | None
+
+
+async def replay_dead_letters(
+    writer: Writer,
+    client: RecordFetcher | None,
+    *,
+    fetch_thin: bool,
+    ids: Sequence[int] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[ReplayResult]:
+    """Re-parse and re-apply dead letters through the worker's own logic. Ones still invalid
+    stay dead letters (marked with the replay's outcome); a failed fetch leaves them as they were."""
+    letters = await writer.run(load_dead_letters, ids)
+    if not letters:
+        return []
+    settled = await EventProcessor(client, fetch_thin=fetch_thin).prepare(letters)
+    outcomes = await writer.run(settle, settled, clock())
+    return [
+        ReplayResult(s.item.dead_letter_id or 0, s.item.event_id, outcome, s.reason)
+        for s, outcome in zip(settled, outcomes, strict=True)
+    ]

@@ -1,0 +1,174 @@
+"""The durable inbox: group commit, deduplication, backpressure, commit failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from syncd.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
+from syncd.metrics import Metrics
+from syncd.store import Store, Writer
+from tests.webhook_support import envelope, read_db
+
+
+def delivery(event_id: str, received_at: float = 1000.0, event_type: str = "order.created") -> Delivery:
+    return Delivery(
+        event_id,
+        received_at,
+        "127.0.0.1",
+        {"content-type": "application/json", "x-webhook-id": event_id},
+        envelope(event_id),
+        event_type,
+    )
+
+
+@pytest.fixture
+def writer(tmp_path: Path):  # type: ignore[no-untyped-def]
+    w = Writer(lambda: Store(tmp_path / "mirror.db"))
+    w.start()
+    yield w
+    w.stop()
+
+
+async def test_concurrent_deliveries_share_few_commits_and_survive_reopen(
+    tmp_path: Path, writer: Writer
+) -> None:
+    metrics = Metrics()
+    inbox = Inbox(writer, window=0.002, max_batch=512, metrics=metrics)
+    await inbox.start()
+    n = 400
+    results = await asyncio.gather(*(inbox.submit(delivery(f"evt_{i}")) for i in range(n)))
+    await inbox.stop()
+    writer.stop()
+
+    assert results == ["accepted"] * n
+    assert inbox.committed == n
+    assert inbox.commits <= n // 20, f"{inbox.commits} transactions for {n} deliveries"
+    assert metrics.registry.get_sample_value("syncd_inbox_group_commit_size_sum") == n
+    # A fresh connection sees every acknowledged delivery.
+    db = tmp_path / "mirror.db"
+    assert read_db(db, "SELECT COUNT(*) FROM _inbox")[0][0] == n
+    rows = read_db(
+        db, "SELECT event_id, outcome, deliveries, event_type, resource FROM _events ORDER BY event_id"
+    )
+    assert len(rows) == n
+    assert {r[1:] for r in rows} == {("pending", 1, "order.created", "orders")}
+
+
+async def test_stored_headers_and_body_are_the_delivery(tmp_path: Path, writer: Writer) -> None:
+    inbox = Inbox(writer, window=0)
+    await inbox.start()
+    d = delivery("evt_h", received_at=1234.5)
+    assert await inbox.submit(d) == "accepted"
+    await inbox.stop()
+    (row,) = read_db(
+        tmp_path / "mirror.db", "SELECT event_id, received_at, client, headers, body FROM _inbox"
+    )
+    assert row[:3] == ("evt_h", 1234.5, "127.0.0.1")
+    assert json.loads(row[3]) == {"content-type": "application/json", "x-webhook-id": "evt_h"}
+    assert bytes(row[4]) == d.body
+
+
+async def test_duplicates_are_acknowledged_once_stored(tmp_path: Path, writer: Writer) -> None:
+    inbox = Inbox(writer, window=0.002)
+    await inbox.start()
+    assert await inbox.submit(delivery("evt_a", 1000.0)) == "accepted"
+    # Again later, and twice within one batch with a new id.
+    results = await asyncio.gather(
+        inbox.submit(delivery("evt_a", 2000.0)),
+        inbox.submit(delivery("evt_b", 2000.0)),
+        inbox.submit(delivery("evt_b", 2001.0)),
+    )
+    await inbox.stop()
+    assert results == ["duplicate", "accepted", "duplicate"]
+    db = tmp_path / "mirror.db"
+    assert read_db(db, "SELECT event_id FROM _inbox ORDER BY seq") == [("evt_a",), ("evt_b",)]
+    assert read_db(
+        db, "SELECT event_id, deliveries, first_seen, last_seen FROM _events ORDER BY event_id"
+    ) == [
+        ("evt_a", 2, 1000.0, 2000.0),
+        ("evt_b", 2, 2000.0, 2001.0),
+    ]
+
+
+async def test_dedupe_keys_are_pruned_after_retention_but_pending_ones_kept(
+    tmp_path: Path, writer: Writer
+) -> None:
+    clock = [1000.0]
+    inbox = Inbox(writer, window=0, clock=lambda: clock[0])
+    await inbox.start()
+    await inbox.submit(delivery("evt_old", 1000.0))
+    await inbox.submit(delivery("evt_done", 1000.0))
+    await writer.run(
+        lambda s: s.conn.execute("UPDATE _events SET outcome='applied' WHERE event_id='evt_done'")
+    )
+    clock[0] = 1000.0 + 8 * 86400
+    pruned = await inbox.prune(dedupe_retention=7 * 86400, audit_retention=7 * 86400)
+    assert pruned == (1, 0)
+    # The pending one is still known, so a retry is still a duplicate.
+    assert await inbox.submit(delivery("evt_old", clock[0])) == "duplicate"
+    await inbox.stop()
+
+
+async def test_backpressure_refuses_beyond_the_waiting_limit(writer: Writer) -> None:
+    inbox = Inbox(writer, window=0.05, max_waiting=3)
+    await inbox.start()
+    first = [asyncio.create_task(inbox.submit(delivery(f"evt_{i}"))) for i in range(3)]
+    await asyncio.sleep(0)
+    with pytest.raises(InboxFullError, match="evt_x"):
+        await inbox.submit(delivery("evt_x"))
+    assert await asyncio.gather(*first) == ["accepted"] * 3
+    # Once committed there is room again.
+    assert await inbox.submit(delivery("evt_x")) == "accepted"
+    await inbox.stop()
+
+
+async def test_failed_commit_fails_every_waiter_and_stores_nothing(tmp_path: Path, writer: Writer) -> None:
+    inbox = Inbox(writer, window=0.002)
+    await inbox.start()
+    assert await inbox.submit(delivery("evt_before")) == "accepted"
+    await writer.run(lambda s: s.conn.execute("PRAGMA busy_timeout=20"))
+    # Another process holds the write lock: the commit cannot happen.
+    other = sqlite3.connect(tmp_path / "mirror.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        results = await asyncio.gather(
+            *(inbox.submit(delivery(f"evt_{i}")) for i in range(5)), return_exceptions=True
+        )
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert all(isinstance(r, InboxCommitError) for r in results), results
+    assert "evt_0" in str(results[0])
+    # The inbox keeps working once the store does.
+    assert await inbox.submit(delivery("evt_after")) == "accepted"
+    await inbox.stop()
+    db = tmp_path / "mirror.db"
+    assert read_db(db, "SELECT event_id FROM _inbox ORDER BY seq") == [("evt_before",), ("evt_after",)]
+
+
+async def test_stop_commits_what_is_waiting_and_refuses_after(tmp_path: Path, writer: Writer) -> None:
+    inbox = Inbox(writer, window=10.0)
+    await inbox.start()
+    pending = asyncio.create_task(inbox.submit(delivery("evt_late")))
+    await asyncio.sleep(0)
+    await inbox.stop()
+    assert await pending == "accepted"
+    with pytest.raises(InboxCommitError):
+        await inbox.submit(delivery("evt_closed"))
+
+
+async def test_commit_listeners_are_told_only_about_new_events(writer: Writer) -> None:
+    inbox = Inbox(writer, window=0)
+    calls: list[int] = []
+    inbox.add_commit_listener(lambda: calls.append(1))
+    await inbox.start()
+    await inbox.submit(delivery("evt_1"))
+    await inbox.submit(delivery("evt_1"))
+    await inbox.stop()
+    assert calls == [1]
+    assert inbox.last_delivery_at is not None
