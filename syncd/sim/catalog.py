@@ -29,8 +29,13 @@ OPEN_STATUSES = frozenset({"placed", "approved", "shipped"})
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
+# One shared encoder: json.dumps builds a new one per call when given separators.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_ITEM_COUNTS = (1, 1, 1, 2, 2, 3)
+
+
 def encode(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(record).encode()
 
 
 def base36(n: int) -> str:
@@ -52,9 +57,10 @@ def product_for_sku(index: int) -> tuple[str, str, float]:
 def items_and_total(rng: random.Random) -> tuple[list[dict[str, Any]], float]:
     items = []
     total = 0.0
-    for _ in range(rng.choice((1, 1, 1, 2, 2, 3))):
-        _, product, price = rng.choice(PRODUCTS)
-        quantity = rng.randint(1, 4)
+    draw = rng.random
+    for _ in range(_ITEM_COUNTS[int(draw() * len(_ITEM_COUNTS))]):
+        _, product, price = PRODUCTS[int(draw() * len(PRODUCTS))]
+        quantity = 1 + int(draw() * 4)
         items.append({"product": product, "quantity": quantity, "unitPrice": price})
         total += quantity * price
     return items, round(total, 2)

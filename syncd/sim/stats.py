@@ -5,6 +5,22 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+WEBHOOK_COUNTERS = (
+    "attempted",
+    "succeeded",
+    "failed",
+    "retried",
+    "duplicated",
+    "delayed",
+    "thin",
+    "dropped_fault",
+    "dropped_paused",
+    "dropped_overflow",
+    "dropped_gave_up",
+    "dropped_endpoint_deleted",
+    "dropped_quiesce",
+)
+
 
 class Stats:
     """Plain counters, touched only from the simulator's event loop."""
@@ -19,7 +35,7 @@ class Stats:
         """API requests by "METHOD /route status"."""
         self.bytes_sent = 0
         self.webhooks: Counter[str] = Counter()
-        """attempted, succeeded, failed, retried, duplicated, delayed, thin, and dropped_*"""
+        """See WEBHOOK_COUNTERS; "dropped" in the snapshot sums the dropped_* reasons."""
 
     def request(self, route: str, status: int, size: int) -> None:
         self.requests[f"{route} {status}"] += 1
@@ -35,5 +51,9 @@ class Stats:
             "requests": dict(self.requests),
             "requests_total": sum(self.requests.values()),
             "bytes_sent": self.bytes_sent,
-            "webhooks": {**self.webhooks, "dropped": dropped},
+            "webhooks": {
+                **dict.fromkeys(WEBHOOK_COUNTERS, 0),
+                **self.webhooks,
+                "dropped": dropped,
+            },
         }
