@@ -1,0 +1,42 @@
+"""`syncd run` and `syncd status`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import click
+from rich.console import Console
+
+from syncd.cli import config_option, load
+from syncd.daemon import Daemon, secret_values
+from syncd.logs import setup_logging
+from syncd.status import collect_status, render_status
+
+
+@click.command("run")
+@config_option
+def run(config_path: str | None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (SIGHUP reloads the config)."""
+    cfg = load(config_path)
+    redactor = setup_logging(cfg.log, secrets=secret_values(cfg))
+    sys.exit(asyncio.run(Daemon(cfg, redactor=redactor).serve()))
+
+
+@click.command("status")
+@config_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as JSON (see syncd.status.STATUS_SCHEMA)."
+)
+def status(config_path: str | None, as_json: bool) -> None:
+    """Mode and why, cursors, lag, last poll and webhook, counts; works while the daemon runs."""
+    cfg = load(config_path, require_secrets=False)
+    report = collect_status(cfg)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    render_status(report, Console())
+
+
+commands = [run, status]

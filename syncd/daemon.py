@@ -1,0 +1,475 @@
+"""`syncd run`: the daemon's lifecycle, `serve -> startup -> main loop -> shutdown`.
+
+One `Daemon` object owns everything that runs: the store writer, the API client, the poll
+scheduler, in push mode the receiver (public listener), inbox and inbox worker, and in both
+modes the admin listener. The main loop watches webhook health (syncd.fallback decides),
+keeps systemd informed and refreshes the heartbeat `syncd status` reads.
+
+Signals (loop.add_signal_handler, so handlers run on the loop, between callbacks):
+- SIGTERM/SIGINT: graceful stop; in-flight deliveries get their commit and their 2xx, polls
+  commit the page in hand. A second one exits at once.
+- SIGHUP: reload the config; what can change live does, the rest is logged as needing a
+  restart; an invalid file is rejected and the running config kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from syncd import status as status_keys
+from syncd.admin import ReadinessInputs, create_admin_app
+from syncd.api import PetstoreClient
+from syncd.config import Config, load_config
+from syncd.daemon_io import DaemonServer, bind_listener, take_activated_sockets
+from syncd.errors import ConfigError, StoreClosedError
+from syncd.fallback import Switch, WebhookHealth
+from syncd.inbox import Inbox
+from syncd.logs import SecretRedactor, set_level, setup_logging
+from syncd.metrics import Metrics
+from syncd.poller import Poller, PollResult
+from syncd.receiver import create_receiver_app
+from syncd.receiver import uvicorn_config as receiver_uvicorn_config
+from syncd.reload import apply_live, changed_keys, restart_only_changes
+from syncd.scheduler import PollScheduler
+from syncd.store import Store, Writer, parse_iso, utc_iso
+from syncd.systemd import Notifier, watchdog_loop
+from syncd.worker import InboxWorker
+
+log = logging.getLogger("syncd.daemon")
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+#: Everything after the stop signal must fit in systemd's stop timeout (TimeoutStopSec=15s)
+#: and the 10 s the daemon promises.
+SHUTDOWN_BUDGET = 8.0
+PRUNE_PERIOD = 3600.0
+
+
+def _meta_write(store: Store, values: dict[str, str]) -> None:
+    with store.db.atomic():
+        for key, value in values.items():
+            store.set_meta(key, value)
+
+
+def _record_switch(store: Store, mode: str, reason: str, since: str) -> int:
+    with store.db.atomic():
+        switches = int(store.get_meta(status_keys.META_MODE_SWITCHES) or "0") + 1
+        store.set_meta(status_keys.META_MODE, mode)
+        store.set_meta(status_keys.META_MODE_REASON, reason)
+        store.set_meta(status_keys.META_MODE_SINCE, since)
+        store.set_meta(status_keys.META_MODE_SWITCHES, str(switches))
+    return switches
+
+
+def _cursor_snapshot(store: Store, resources: tuple[str, ...]) -> dict[str, tuple[str | None, float | None]]:
+    out: dict[str, tuple[str | None, float | None]] = {}
+    for name in resources:
+        state = store.cursor_state(name)
+        out[name] = (state.cursor, state.last_success_at)
+    return out
+
+
+def _prune(store: Store, now: float, dedupe: float, audit: float) -> tuple[int, int]:
+    return store.prune(now, dedupe_retention=dedupe, audit_retention=audit)
+
+
+class Daemon:
+    """Runs syncd until stopped. `serve()` returns the process exit code."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+        redactor: SecretRedactor | None = None,
+        load: Callable[[], Config] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        #: What the listeners, store and mode were started with; reloads cannot change it.
+        self.started_cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.metrics = metrics or Metrics()
+        self.redactor = redactor
+        self._load = load or (lambda: load_config(cfg.source))
+        self.push = cfg.sync.mode == "push"
+        self.health: WebhookHealth | None = WebhookHealth(cfg.fallback) if self.push else None
+        self.writer: Writer | None = None
+        self.client: PetstoreClient | None = None
+        self.poller: Poller | None = None
+        self.scheduler: PollScheduler | None = None
+        self.inbox: Inbox | None = None
+        self.worker: InboxWorker | None = None
+        self.receiver: DaemonServer | None = None
+        self.admin: DaemonServer | None = None
+        self._receiver_app: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop: asyncio.Event | None = None
+        self._signals = 0
+        self._reloading: asyncio.Task[bool] | None = None
+        self._last_delivery: float | None = None
+        self._last_status = 0.0
+        self._last_prune = 0.0
+        self._catch_up = False
+        self.lags: dict[str, float] = {}
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        if self.health is None:
+            return "poll"
+        return self.health.mode
+
+    @property
+    def current_interval(self) -> float:
+        if self.mode == "push":
+            return self.cfg.poll.safety_interval
+        return self.cfg.poll.interval
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        with self._signal_handlers(loop):
+            try:
+                await self.startup()
+            except Exception as exc:
+                log.error(
+                    "syncd could not start: %s", exc, exc_info=not isinstance(exc, OSError | ConfigError)
+                )
+                await self.shutdown()
+                return EXIT_FAILURE
+            try:
+                await self.main_loop()
+            finally:
+                await self.shutdown()
+        return EXIT_OK
+
+    def request_stop(self) -> None:
+        """Graceful stop; safe to call any number of times."""
+        if self._stop is not None and not self._stop.is_set():
+            log.info("stopping: finishing in-flight deliveries and the current poll page")
+            self._stop.set()
+
+    async def reload(self) -> bool:
+        """Re-read the config file; True when the new config was taken."""
+        self.notifier.reloading()
+        try:
+            new = await asyncio.to_thread(self._load)
+        except (ConfigError, OSError) as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            self.notifier.ready(self.status_text())
+            return False
+        for key in restart_only_changes(self.started_cfg, new):
+            log.warning("config reload: %s changed; it takes effect after a restart", key)
+        live = apply_live(self.started_cfg, new)
+        changed = changed_keys(self.cfg, live)
+        previous_interval = self.current_interval
+        previous_format = self.cfg.log.format
+        self.cfg = live
+        if self.redactor is not None:
+            self.redactor.set_secrets(secret_values(live))
+        if live.log.format != previous_format:
+            self.redactor = setup_logging(live.log, secrets=secret_values(live))
+        else:
+            set_level(live.log.level)
+        if self.health is not None:
+            self.health.update_config(live.fallback)
+        if self.poller is not None:
+            self.poller.cfg = live
+        if self._receiver_app is not None:
+            self._receiver_app.state.update_settings(live.webhook, live.secrets.webhook_secrets)
+        if self.scheduler is not None and self.current_interval != previous_interval:
+            self.scheduler.set_interval(self.current_interval)
+        log.info(
+            "config reloaded from %s; changed: %s",
+            live.source,
+            ", ".join(changed) or "nothing",
+            extra={"changed": changed},
+        )
+        self.notifier.ready(self.status_text())
+        return True
+
+    def status_text(self) -> str:
+        reason = "" if self.health is None else f" ({self.health.reason})"
+        lag = max(self.lags.values(), default=None)
+        lag_text = "unknown" if lag is None else f"{lag:.0f}s"
+        return f"mode {self.mode}{reason}; poll every {self.current_interval:g}s; cursor lag {lag_text}"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        cfg = self.cfg
+        path = cfg.store.path
+        writer = Writer(lambda: Store(path))
+        await asyncio.to_thread(writer.start)
+        self.writer = writer
+        now = time.time()
+        meta = {
+            status_keys.META_DAEMON_PID: str(os.getpid()),
+            status_keys.META_DAEMON_STARTED: utc_iso(now),
+            status_keys.META_HEARTBEAT: utc_iso(now),
+            status_keys.META_MODE: self.mode,
+            status_keys.META_MODE_REASON: f"started in {cfg.sync.mode} mode",
+            status_keys.META_MODE_SINCE: utc_iso(now),
+        }
+        await writer.run(_meta_write, meta)
+        self.metrics.set_mode(self.mode)
+        self.client = PetstoreClient.from_config(cfg, self.metrics)
+        self.poller = Poller(self.client, writer, cfg, metrics=self.metrics)
+
+        activated = take_activated_sockets(push=self.push)
+        if self.push:
+            self.inbox = Inbox(writer, metrics=self.metrics)
+            await self.inbox.start()
+            self.worker = InboxWorker(
+                writer, self.client, fetch_thin=cfg.webhook.fetch_thin_events, metrics=self.metrics
+            )
+            self.inbox.add_commit_listener(self.worker.wake)
+            self._tasks.append(asyncio.create_task(self.worker.run(), name="syncd-inbox-worker"))
+            app = create_receiver_app(
+                cfg.webhook, cfg.secrets.webhook_secrets, self.inbox, writer, metrics=self.metrics
+            )
+            self._receiver_app = app
+            sock = activated.get("webhook") or bind_listener(cfg.webhook.listen)
+            self.receiver = DaemonServer("webhook", receiver_uvicorn_config(app, cfg.webhook), sock)
+            await self.receiver.start()
+
+        admin_app = create_admin_app(self.metrics, self._readiness, refresh=self._refresh_gauges)
+        admin_sock = activated.get("admin") or bind_listener(cfg.admin.listen)
+        self.admin = DaemonServer("admin", DaemonServer.plain_config(admin_app), admin_sock)
+        await self.admin.start()
+
+        self.scheduler = PollScheduler(
+            self.poller,
+            cfg.sync.resources,
+            interval=self.current_interval,
+            full_relist_interval=cfg.poll.full_relist_interval,
+            jitter=cfg.poll.jitter,
+            metrics=self.metrics,
+            on_result=self._on_poll_result,
+        )
+        self.scheduler.start()
+        interval = self.notifier.watchdog_interval()
+        if interval is not None:
+            self._tasks.append(
+                asyncio.create_task(watchdog_loop(self.notifier, interval), name="syncd-watchdog")
+            )
+        listeners = {"admin": self.admin.url}
+        if self.receiver is not None:
+            listeners["webhook"] = self.receiver.url + cfg.webhook.path
+        log.info(
+            "syncd ready in %s mode: %s",
+            cfg.sync.mode,
+            ", ".join(f"{k} on {v}" for k, v in listeners.items()),
+            extra={"listeners": listeners, "mode": self.mode, "pid": os.getpid()},
+        )
+        self.notifier.ready(self.status_text())
+
+    async def main_loop(self) -> None:
+        assert self._stop is not None
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._tick_seconds())
+            if self._stop.is_set():
+                break
+            try:
+                await self.tick()
+            except StoreClosedError:
+                log.error("the store writer stopped; shutting down")
+                self.request_stop()
+            except Exception:
+                # A failed check must not take the daemon down; the next tick tries again.
+                log.exception("daemon tick failed")
+
+    def _tick_seconds(self) -> float:
+        silence = self.cfg.fallback.silence if self.push else 5.0
+        return max(0.05, min(1.0, silence / 4))
+
+    async def tick(self) -> None:
+        """One round of the main loop: webhook health, status, heartbeat, pruning."""
+        now = time.time()
+        if self.health is not None:
+            await self._check_health()
+        if self._catch_up and self.scheduler is not None:
+            self._catch_up = False
+            self.scheduler.trigger_now()
+        if now - self._last_status >= status_keys.HEARTBEAT_PERIOD:
+            self._last_status = now
+            await self._refresh_gauges()
+            await self._writer().run(_meta_write, {status_keys.META_HEARTBEAT: utc_iso(now)})
+            self.notifier.status(self.status_text())
+        if now - self._last_prune >= PRUNE_PERIOD:
+            self._last_prune = now
+            events, audit = await self._writer().run(
+                _prune, now, self.cfg.webhook.dedupe_retention, self.cfg.webhook.audit_retention
+            )
+            if events or audit:
+                log.info("pruned %d expired event ids and %d audit rows", events, audit)
+
+    async def _check_health(self) -> None:
+        health = self.health
+        assert health is not None
+        delivered = self.inbox.last_delivery_at if self.inbox is not None else None
+        if delivered is not None and delivered != self._last_delivery:
+            self._last_delivery = delivered
+            health.webhook_seen()
+        serving = self.receiver is not None and self.receiver.serving
+        switch = health.receiver_state(serving)
+        if switch is not None:
+            await self._apply_switch(switch)
+        if self.scheduler is not None and health.silence_probe_due():
+            active = [r for r in self.scheduler.resources if r not in self.scheduler.stopped]
+            if active:
+                log.info(
+                    "no webhook for %gs: polling now to tell a quiet shop from a broken endpoint",
+                    self.cfg.fallback.silence,
+                )
+                health.start_probe(len(active))
+                self.scheduler.trigger_now()
+
+    async def _on_poll_result(self, result: PollResult) -> None:
+        if result.cursor is not None:
+            self.lags[result.resource] = max(0.0, time.time() - parse_iso(result.cursor))
+        if self.health is None or result.stopped:
+            return
+        switch = self.health.poll_finished(fresh=result.fresh, applied=result.applied, kind=result.kind)
+        if switch is not None:
+            await self._apply_switch(switch)
+
+    async def _apply_switch(self, switch: Switch) -> None:
+        mode = switch.to
+        since = utc_iso()
+        self.metrics.fallback_switches.labels(to=mode, reason=switch.label).inc()
+        self.metrics.set_mode(mode)
+        switches = await self._writer().run(_record_switch, mode, switch.reason, since)
+        level = logging.WARNING if mode == "fallback" else logging.INFO
+        log.log(
+            level,
+            "mode %s -> %s: %s",
+            "fallback" if mode == "push" else "push",
+            mode,
+            switch.reason,
+            extra={"mode": mode, "reason": switch.reason, "switches": switches},
+        )
+        if self.scheduler is not None:
+            self.scheduler.set_interval(self.current_interval)
+        # Catch up at once instead of waiting a full interval; on the next tick, since a
+        # switch usually comes from inside a poll job that is still finishing.
+        self._catch_up = mode == "fallback"
+        self.notifier.status(self.status_text())
+
+    async def shutdown(self) -> None:
+        """Stop in dependency order; each step bounded so the whole fits SHUTDOWN_BUDGET."""
+        self.notifier.stopping()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_BUDGET
+
+        def left() -> float:
+            return max(0.1, deadline - loop.time())
+
+        # Stop accepting first: requests in flight still get their inbox commit and their 2xx.
+        if self.receiver is not None:
+            await self.receiver.stop(left())
+        if self.scheduler is not None:
+            await _bounded(self.scheduler.shutdown(), left(), "poll scheduler")
+        if self.inbox is not None:
+            await _bounded(self.inbox.stop(), left(), "inbox")
+        if self.worker is not None:
+            self.worker.stop()
+        if self.admin is not None:
+            await self.admin.stop(left())
+        for task in self._tasks:
+            if task.get_name() == "syncd-watchdog":
+                task.cancel()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=left())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.client is not None:
+            await self.client.aclose()
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.stop)
+        log.info("syncd stopped")
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _writer(self) -> Writer:
+        if self.writer is None:
+            raise StoreClosedError()
+        return self.writer
+
+    async def _readiness(self) -> ReadinessInputs:
+        resources = self.cfg.sync.resources
+        try:
+            snapshot = await self._writer().run(_cursor_snapshot, resources)
+        except StoreClosedError:
+            return ReadinessInputs(False, self.mode, self.current_interval, None, None)
+        successes = [s for _, s in snapshot.values()]
+        oldest = None if any(s is None for s in successes) else min(s for s in successes if s is not None)
+        webhook = self.inbox.last_delivery_at if self.inbox is not None else None
+        return ReadinessInputs(True, self.mode, self.current_interval, oldest, webhook)
+
+    async def _refresh_gauges(self) -> None:
+        try:
+            snapshot = await self._writer().run(_cursor_snapshot, self.cfg.sync.resources)
+        except StoreClosedError:
+            return
+        now = time.time()
+        for name, (cursor, _) in snapshot.items():
+            if cursor is not None:
+                lag = max(0.0, now - parse_iso(cursor))
+                self.lags[name] = lag
+                self.metrics.cursor_lag.labels(resource=name).set(lag)
+
+    @contextlib.contextmanager
+    def _signal_handlers(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):
+                # Not the main thread (tests run the daemon as a task): no signal handling.
+                break
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGHUP:
+            if self._reloading is not None and not self._reloading.done():
+                log.info("SIGHUP during a reload: the reload in progress reads the file as it is now")
+                return
+            self._reloading = asyncio.get_running_loop().create_task(self.reload(), name="syncd-reload")
+            return
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("%s again: exiting now without a graceful stop", sig.name)
+            logging.shutdown()
+            os._exit(EXIT_FAILURE)
+        log.info("%s received", sig.name)
+        self.request_stop()
+
+
+def secret_values(cfg: Config) -> list[str]:
+    values = list(cfg.secrets.webhook_secrets)
+    if cfg.secrets.api_key:
+        values.append(cfg.secrets.api_key)
+    return values
+
+
+async def _bounded(awaitable: Any, seconds: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        log.error("%s did not stop within %.1fs; abandoning it", what, seconds)
