@@ -1,0 +1,299 @@
+"""Since-cursor sync of one resource: incremental polls, the first full listing, full relists.
+
+Cursor rule: the cursor is the largest server `updatedAt` committed for the resource. A poll
+asks `since = cursor - poll.lookback`, because a change becomes visible to listings up to the
+API's visibility lag after its `updatedAt`: the lookback re-reads that window and the
+reconciler drops what the mirror already has. Each page's changes and the cursor advance are
+one transaction, so the cursor never points past data that is not committed.
+
+Pages stream: one page is being committed while the client fetches the next, never more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from syncd.errors import CursorExpiredError, RecordError
+from syncd.progress import ProgressReporter
+from syncd.reconcile import BatchResult, apply_batch
+from syncd.records import Change, parse_record
+from syncd.store import CursorState, Store, Writer, parse_iso, utc_iso
+
+if TYPE_CHECKING:
+    from syncd.api import Page, PetstoreClient
+    from syncd.config import Config
+    from syncd.metrics import Metrics
+
+log = logging.getLogger("syncd.poller")
+
+#: The contract's upper bound on how late a change becomes visible to listings.
+VISIBILITY_LAG = 10.0
+#: Expired cursors in a row before a listing gives up (each restart resumes, not rewinds).
+MAX_CURSOR_RESTARTS = 20
+
+Kind = Literal["incremental", "full"]
+
+
+@dataclass
+class PollResult:
+    resource: str
+    kind: Kind
+    pages: int = 0
+    seen: int = 0
+    #: Records newer than the cursor the poll started from.
+    fresh: int = 0
+    #: Records the poll had to write: changes the mirror (and so the webhooks) did not have.
+    applied: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    tombstoned: int = 0
+    duration: float = 0.0
+    cursor: str | None = None
+    #: The first listing of an empty mirror: everything is fresh and applied.
+    initial: bool = False
+    #: stop() ended the listing early; what was listed so far is committed.
+    stopped: bool = False
+    cursor_restarts: int = 0
+
+
+def _cursor_state(store: Store, resource: str) -> CursorState:
+    return store.cursor_state(resource)
+
+
+def _later(a: str | None, b: str | None) -> str | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if parse_iso(b) > parse_iso(a) else a
+
+
+def _commit_page(
+    store: Store,
+    resource: str,
+    changes: list[Change],
+    page_max: str | None,
+    listed: int | None,
+    polled_at: float,
+) -> tuple[BatchResult, str | None]:
+    """Apply a page and move the cursor, in one transaction (runs on the writer thread).
+
+    The cursor is re-read here so a listing never moves it backwards past what another
+    listing of the same resource committed meanwhile."""
+    with store.db.atomic():
+        result = apply_batch(store, changes, listed=listed)
+        current = store.cursor_state(resource).cursor
+        cursor = _later(current, page_max)
+        if cursor != current:
+            store.set_cursor(resource, cursor)
+        store.update_cursor_meta(resource, last_poll_at=polled_at)
+    return result, cursor
+
+
+def _finish_listing(
+    store: Store, resource: str, at: float, changes: int, relist: tuple[int, str, str] | None
+) -> int:
+    with store.db.atomic():
+        tombstoned = 0
+        if relist is not None:
+            generation, spare_since, now = relist
+            tombstoned = store.tombstone_unlisted(resource, generation, spare_since=spare_since, now=now)
+            store.update_cursor_meta(resource, last_full_relist_at=at)
+        store.update_cursor_meta(resource, last_success_at=at, last_changes=changes)
+    return tombstoned
+
+
+def _start_relist(store: Store, resource: str) -> tuple[int, str | None]:
+    # The generation is taken before listing, so a listing cut short (crash, stop) never
+    # shares its number with the next one.
+    with store.db.atomic():
+        state = store.cursor_state(resource)
+        generation = state.relist_generation + 1
+        store.update_cursor_meta(resource, relist_generation=generation)
+    return generation, state.cursor
+
+
+class Poller:
+    """Lists resources through the client and feeds the reconciler through the writer."""
+
+    def __init__(
+        self,
+        client: PetstoreClient,
+        writer: Writer,
+        cfg: Config,
+        *,
+        metrics: Metrics | None = None,
+        progress: ProgressReporter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.writer = writer
+        self.cfg = cfg
+        self.metrics = metrics
+        self.progress = progress
+        self.clock = clock
+        self._stop = asyncio.Event()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def stop(self) -> None:
+        """Listings finish the page in hand, commit it, and return."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _lock(self, resource: str) -> asyncio.Lock:
+        # A relist and a poll of one resource never interleave their pages.
+        return self._locks.setdefault(resource, asyncio.Lock())
+
+    async def poll(self, resource: str) -> PollResult:
+        """Changes since the cursor minus the lookback; the first sync lists everything."""
+        async with self._lock(resource):
+            state = await self.writer.run(_cursor_state, resource)
+            if state.cursor is None:
+                result = PollResult(resource, "full", initial=True)
+                await self._listing(result, since=None, generation=None, prev_cursor=None)
+            else:
+                result = PollResult(resource, "incremental")
+                since = utc_iso(parse_iso(state.cursor) - self.cfg.poll.lookback)
+                await self._listing(result, since=since, generation=None, prev_cursor=state.cursor)
+            return result
+
+    async def full_relist(self, resource: str) -> PollResult:
+        """List everything; tombstone what the listing no longer has (sparing recent changes)."""
+        async with self._lock(resource):
+            listing_start = self.clock()
+            generation, prev_cursor = await self.writer.run(_start_relist, resource)
+            result = PollResult(resource, "full", initial=prev_cursor is None)
+            spare_since = utc_iso(listing_start - VISIBILITY_LAG - self.cfg.poll.lookback)
+            await self._listing(
+                result,
+                since=None,
+                generation=generation,
+                prev_cursor=prev_cursor,
+                relist=(generation, spare_since),
+            )
+            if result.tombstoned:
+                log.info("%s: full relist tombstoned %d records", resource, result.tombstoned)
+            return result
+
+    async def _listing(
+        self,
+        result: PollResult,
+        *,
+        since: str | None,
+        generation: int | None,
+        prev_cursor: str | None,
+        relist: tuple[int, str] | None = None,
+    ) -> None:
+        resource = result.resource
+        result.cursor = prev_cursor
+        started = time.monotonic()
+        report = self.progress if result.kind == "full" else None
+        if report is not None:
+            report.start(resource, "first sync" if result.initial else "full relist")
+        # Where this listing has got to (its own largest updatedAt), to resume after an
+        # expired cursor without starting a long listing over.
+        position: str | None = None
+        listing_since = since
+        while True:
+            try:
+                async with aclosing(
+                    self.client.list_pages(resource, since=listing_since, limit=self.cfg.poll.page_size)
+                ) as pages:
+                    async for page in self._until_stopped(pages):
+                        page_max = await self._apply_page(result, page, generation, prev_cursor)
+                        position = _later(position, page_max)
+                        if report is not None:
+                            report.advance(resource, len(page.records), page_max)
+                break
+            except CursorExpiredError:
+                result.cursor_restarts += 1
+                if result.cursor_restarts > MAX_CURSOR_RESTARTS:
+                    raise
+                if position is not None:
+                    resumed = utc_iso(parse_iso(position) - self.cfg.poll.lookback)
+                    listing_since = resumed if since is None else _later(since, resumed)
+                log.info("%s: listing cursor expired, listing again from since=%s", resource, listing_since)
+        result.stopped = self._stop.is_set()
+        finish = None
+        if relist is not None and not result.stopped:
+            finish = (relist[0], relist[1], utc_iso(self.clock()))
+        result.tombstoned = await self.writer.run(
+            _finish_listing, resource, self.clock(), result.applied, finish
+        )
+        result.duration = time.monotonic() - started
+        if report is not None:
+            report.finish(resource, result.seen)
+        self._observe(result)
+
+    async def _until_stopped(self, pages: AsyncIterator[Page]) -> AsyncIterator[Page]:
+        """The pages, until stop(): a fetch in flight when stop() comes is abandoned."""
+        while not self._stop.is_set():
+            fetch = asyncio.ensure_future(anext(pages))
+            stopper = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+                return
+            try:
+                page = fetch.result()
+            except StopAsyncIteration:
+                return
+            yield page
+
+    async def _apply_page(
+        self, result: PollResult, page: Page, generation: int | None, prev_cursor: str | None
+    ) -> str | None:
+        resource = result.resource
+        changes: list[Change] = []
+        for obj in page.records:
+            try:
+                changes.append(parse_record(resource, obj, "poll"))
+            except RecordError as exc:
+                # Skipped, not fatal: one bad record must not stop the whole resource.
+                result.counts["invalid"] += 1
+                log.warning("%s: skipping an invalid record in a listing: %s", resource, exc)
+        page_max: str | None = None
+        fresh = 0
+        if changes:
+            page_max = max(changes, key=lambda c: c.updated_at).updated_at
+            if prev_cursor is None:
+                fresh = len(changes)
+            else:
+                fresh = sum(1 for c in changes if c.updated_at > prev_cursor)
+        batch, cursor = await self.writer.run(
+            _commit_page, resource, changes, page_max, generation, self.clock()
+        )
+        result.pages += 1
+        result.seen += len(changes)
+        result.fresh += fresh
+        result.applied += batch.written
+        result.counts.update(batch.counts)
+        result.cursor = cursor
+        return page_max
+
+    def _observe(self, result: PollResult) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        resource = result.resource
+        m.poll_duration.labels(resource=resource, kind=result.kind).observe(result.duration)
+        for outcome, n in result.counts.items():
+            m.records.labels(source="poll", outcome=outcome).inc(n)
+        if result.tombstoned:
+            m.tombstones.labels(resource=resource).inc(result.tombstoned)
+        if result.cursor is not None:
+            m.cursor_lag.labels(resource=resource).set(max(0.0, self.clock() - parse_iso(result.cursor)))
+        m.last_poll.labels(resource=resource).set(self.clock())
