@@ -166,10 +166,18 @@ def _json_content_type(value: str | None) -> bool:
 class _Reject(Exception):
     """Control flow inside the endpoint: answer with this status; never escapes it."""
 
-    def __init__(self, status: int, reason: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        *,
+        size: int | None = None,
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = list(headers)
+        self.size = size
 
 
 class WebhookReceiver:
@@ -297,7 +305,7 @@ class WebhookReceiver:
         except _Reject as rej:
             await self._answer(
                 send, scope, client, rej.status, rej.reason, _ERRORS[rej.status],
-                event_id=event_id, size=size, headers=rej.headers,
+                event_id=event_id, size=size if rej.size is None else rej.size, headers=rej.headers,
             )  # fmt: skip
             return
         except _Disconnected:
@@ -319,7 +327,7 @@ class WebhookReceiver:
             size += len(chunk)
             if size > cap:
                 # Answer now: reading the rest would let a sender make us buffer anything.
-                raise _Reject(413, "body_too_large")
+                raise _Reject(413, "body_too_large", size=size)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks), size

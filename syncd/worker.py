@@ -81,13 +81,15 @@ class EventProcessor:
         return settled
 
     def _parse(self, item: Pending) -> Settled:
+        event_type: str | None = None
         try:
             env = parse_envelope(item.body)
+            event_type = env.event_type
             meaning = change_from_envelope(env)
         except RecordError as exc:
-            return Settled(item, None, outcome=INVALID, reason=exc.reason, resource=exc.resource)
+            return Settled(item, event_type, outcome=INVALID, reason=exc.reason, resource=exc.resource)
         except Exception as exc:  # a payload must never stop the worker; keep it for inspection
-            return Settled(item, None, outcome=INVALID, reason=f"{type(exc).__name__}: {exc}")
+            return Settled(item, event_type, outcome=INVALID, reason=f"{type(exc).__name__}: {exc}")
         if meaning is None:
             return Settled(item, env.event_type, outcome=TEST if env.event_type == TEST_EVENT else IGNORED)
         if isinstance(meaning, Change):
