@@ -172,6 +172,3 @@ class Table:
 
     def truth(self) -> dict[str, int]:
         return {str(rid): entry.version for rid, entry in self._entries.items()}
-
-    def ids(self) -> list[RecordId]:
-        return list(self._entries)

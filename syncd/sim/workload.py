@@ -84,6 +84,7 @@ class Shop:
         self._customers = _Bag()
         self._next_order_id = 1
         self._customer_serial = 0
+        self._skus: list[str] = []
 
     def next_batch_size(self) -> int:
         """Changes that share one timestamp: mostly 1, often a few (ties are the norm)."""
@@ -104,7 +105,7 @@ class Shop:
             self.place_order(ms)
         elif roll < 0.82 and self._open_orders:
             self.advance_order(int(self._open_orders.choice(rng)), ms)
-        elif self._tables["inventory"]:
+        elif self._skus:
             self.move_stock(ms)
         else:
             self.place_order(ms)
@@ -161,8 +162,7 @@ class Shop:
         self._sink.record_changed("orders", oid, record, _EVENT_FOR[new], ms)
 
     def move_stock(self, ms: int) -> None:
-        table = self._tables["inventory"]
-        sku = self.rng.choice(table.ids())
+        sku = self._skus[self.rng.randrange(len(self._skus))]
         record = self._load("inventory", sku)
         if record["quantity"] < record["threshold"] and self.rng.random() < 0.5:
             record["quantity"] += self.rng.randint(20, 60)
@@ -202,6 +202,7 @@ class Shop:
         rng = self.rng
         for index, ms in enumerate(self._spread(count, start_ms, end_ms)):
             sku, product, _ = catalog.product_for_sku(index)
+            self._skus.append(sku)
             record = catalog.inventory(sku, product, rng.randint(0, 200), rng.randint(10, 30), ms, 1)
             yield sku, 1, ms, catalog.encode(record)
 
