@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 import click
@@ -70,9 +71,11 @@ async def _resync(cfg: Config, resources: Sequence[str]) -> list[PollResult]:
         async with PetstoreClient.from_config(cfg) as client:
             poller = Poller(client, writer, cfg, progress=make_progress())
             loop = asyncio.get_running_loop()
-            # A signal ends the listing after the page in hand is committed.
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, poller.stop)
+            # A signal ends the listing after the page in hand is committed (signal handlers
+            # can only be set from the main thread).
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, poller.stop)
             results = []
             for resource in resources:
                 results.append(await poller.full_relist(resource))

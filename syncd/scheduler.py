@@ -35,10 +35,11 @@ OnResult = Callable[[PollResult], Any]
 
 
 def _record_error(store: Store, resource: str, message: str | None, at: float) -> None:
-    if message is None:
-        store.update_cursor_meta(resource, last_error=None)
-    else:
-        store.update_cursor_meta(resource, last_error=message, last_error_at=at)
+    with store.db.atomic():
+        if message is None:
+            store.update_cursor_meta(resource, last_error=None)
+        else:
+            store.update_cursor_meta(resource, last_error=message, last_error_at=at)
 
 
 def _last_relist(store: Store, resource: str) -> float | None:
@@ -74,6 +75,7 @@ class PollScheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: set[tuple[JobKind, str]] = set()
         self._rerun: set[str] = set()
+        self._shutting_down = False
 
     @staticmethod
     def job_id(kind: JobKind, resource: str) -> str:
@@ -140,43 +142,57 @@ class PollScheduler:
         return None if job is None else job.next_run_time
 
     def trigger_now(self, resource: str | None = None) -> None:
-        """Poll now (one resource or all); a poll already running is followed by another."""
+        """Poll now (one resource or all); a poll already running is followed by another.
+        Call it from the event loop."""
         for name in self.resources if resource is None else (resource,):
-            if name in self.stopped:
+            if name not in self.resources:
+                raise ValueError(f"no poll job for resource {name!r}; polled: {', '.join(self.resources)}")
+            if name in self.stopped or self._shutting_down:
                 continue
-            if ("poll", name) in self._running:
+            if self._spawn("poll", name) is None:
                 self._rerun.add(name)
-                continue
-            try:
-                self._scheduler.modify_job(self.job_id("poll", name), next_run_time=datetime.now(UTC))
-            except JobLookupError:
-                raise ValueError(f"no poll job for resource {name!r}") from None
 
-    async def _job(self, kind: JobKind, resource: str) -> None:
+    def _spawn(self, kind: JobKind, resource: str) -> asyncio.Task[None] | None:
+        """Start a poll or relist unless one of that kind already runs for the resource.
+
+        This, not apscheduler's max_instances (released only after the job's callbacks),
+        is what keeps one poll per resource: trigger_now starts polls outside apscheduler."""
+        if (kind, resource) in self._running:
+            return None
+        self._running.add((kind, resource))
         task = asyncio.create_task(self._run(kind, resource), name=f"{kind}:{resource}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(task)
+        return task
+
+    async def _job(self, kind: JobKind, resource: str) -> None:
+        task = self._spawn(kind, resource)
+        if task is None:
+            return  # one is running already (started by trigger_now): coalesced into it
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # apscheduler cancels running jobs on shutdown; shutdown() awaits the task itself.
+            if not self._shutting_down:
+                raise
 
     async def _run(self, kind: JobKind, resource: str) -> None:
-        if self.poller.stopping:
-            return
-        self._running.add((kind, resource))
         try:
+            if self.poller.stopping:
+                return
             if kind == "poll":
                 result = await self.poller.poll(resource)
             else:
                 result = await self.poller.full_relist(resource)
         except ApiAuthError as exc:
-            self._running.discard((kind, resource))
-            self._stop_resource(resource, str(exc))
             await self._fail(kind, resource, "auth", exc)
+            self._stop_resource(resource, str(exc))
             return
         except Exception as exc:
-            self._running.discard((kind, resource))
             await self._fail(kind, resource, type(exc).__name__, exc)
             return
-        self._running.discard((kind, resource))
+        finally:
+            self._running.discard((kind, resource))
         await self.poller.writer.run(_record_error, resource, None, self.clock())
         if self.on_result is not None:
             outcome = self.on_result(result)
@@ -202,6 +218,7 @@ class PollScheduler:
 
     async def shutdown(self) -> None:
         """Stop scheduling; polls in progress finish their page, commit, and are awaited."""
+        self._shutting_down = True
         self.poller.stop()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
