@@ -267,7 +267,8 @@ class InboxWorker:
                 self._retry_at = self._clock() + delay
         elif any(s.change is not None and s.change.source == "fetch" for s in settled):
             self._failed_rounds = 0
-        self._record(settled, outcomes, now)
+        # Latency runs to the commit that made the change visible, not to when it was planned.
+        self._record(settled, outcomes, self._clock())
 
     def _record(self, settled: Iterable[Settled], outcomes: Sequence[str], now: float) -> None:
         done = [o for o in outcomes if o != RETRY]
