@@ -54,6 +54,51 @@ def product_for_sku(index: int) -> tuple[str, str, float]:
     return (f"sku_item_{index:06d}", f"Pet Supply {index}", round(3.0 + (index % 97) * 0.75, 2))
 
 
+# Preloading a million orders encodes them with a template instead of json: every value in
+# it is a number or a catalog/generated string that needs no escaping, and floats use repr
+# exactly as json does. tests/sim/test_sim_catalog.py pins it to encode(order(...)).
+_ORDER_TEMPLATE = (
+    '{"id":%d,"customer":"%s","status":"%s","total":%r,"currency":"USD","items":[%s],'
+    '"createdAt":"%s","updatedAt":"%s","version":%d}'
+)
+_ITEM_FRAGMENTS = [
+    [
+        (_ENCODER.encode({"product": product, "quantity": q, "unitPrice": price}), q * price)
+        for q in (1, 2, 3, 4)
+    ]
+    for _, product, price in PRODUCTS
+]
+
+
+def random_items_json(rng: random.Random) -> tuple[str, float]:
+    """The JSON text inside an order's items array, and the order total."""
+    draw = rng.random
+    parts = []
+    total = 0.0
+    for _ in range(_ITEM_COUNTS[int(draw() * len(_ITEM_COUNTS))]):
+        fragment, subtotal = _ITEM_FRAGMENTS[int(draw() * len(PRODUCTS))][int(draw() * 4)]
+        parts.append(fragment)
+        total += subtotal
+    return ",".join(parts), round(total, 2)
+
+
+def order_bytes(
+    oid: int,
+    customer: str,
+    status: str,
+    items_json: str,
+    total: float,
+    created_ms: int,
+    updated_ms: int,
+    version: int,
+) -> bytes:
+    """encode(order(...)) for a plain ASCII customer, fast."""
+    return (
+        _ORDER_TEMPLATE
+        % (oid, customer, status, total, items_json, format_ms(created_ms), format_ms(updated_ms), version)
+    ).encode()
+
+
 def items_and_total(rng: random.Random) -> tuple[list[dict[str, Any]], float]:
     items = []
     total = 0.0

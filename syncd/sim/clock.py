@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from datetime import UTC, datetime
@@ -41,10 +42,15 @@ def now_ms(clock: Clock) -> int:
     return int(clock.now() * 1000)
 
 
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def format_ms(ms: int) -> str:
     """1705314600123 -> '2024-01-15T10:30:00.123Z'."""
     seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_second(seconds)}.{millis:03d}Z"
 
 
 def parse_rfc3339_ms(text: str) -> int:

@@ -238,6 +238,10 @@ class Shop:
             version = versions.get(status) or rng.randint(2, 3)
             created_ms = max(start_ms, ms - (version - 1) * 3_600_000)
             email = rng.choice(emails) if emails else f"guest{rng.randrange(100_000)}@example.com"
-            items, total = catalog.items_and_total(rng)
-            record = catalog.order(oid, email, status, items, total, created_ms, ms, version)
-            yield oid, version, ms, catalog.encode(record)
+            items, total = catalog.random_items_json(rng)
+            yield (
+                oid,
+                version,
+                ms,
+                catalog.order_bytes(oid, email, status, items, total, created_ms, ms, version),
+            )
