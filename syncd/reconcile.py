@@ -8,6 +8,8 @@ claiming the same version from equally authoritative sources, which the contract
 produces but a buggy or hostile upstream can. The mirror holds, per record, the greatest
 state it has been shown. A maximum does not depend on the order or the number of times
 states are delivered, which is what makes both paths and any retry pattern converge.
+One content shown by several sources counts with the highest of their authorities
+(`_authority`), so a poll confirming a webhook's copy still outranks a rival webhook copy.
 
 Tombstones are the one exception the design asks for: a record that a full listing no
 longer returns is marked deleted, and a tombstoned record seen again is restored, even at
@@ -23,14 +25,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
-from syncd.records import Change, RecordId
-from syncd.store import Store, StoredState, to_column_value, utc_iso
+from syncd.records import AUTHORITY, Change, RecordId
+from syncd.store import PLAIN_TYPES, RESERVED_FIELDS, Store, StoredState, to_column_value, utc_iso
 
 log = logging.getLogger("syncd.reconcile")
 
-_AUTHORITY = {"webhook": 1, "poll": 2, "fetch": 2}
+Content = Mapping[str, Any]
 
 
 class Outcome(StrEnum):
@@ -47,28 +49,34 @@ class Outcome(StrEnum):
 
 def content_of(change: Change) -> dict[str, Any]:
     """The record as the store keeps it (column values, NULLs dropped), for comparisons."""
-    return {k: to_column_value(v) for k, v in change.data.items() if v is not None}
+    conv, plain, reserved = to_column_value, PLAIN_TYPES, RESERVED_FIELDS
+    return {
+        k: v if type(v) in plain else conv(v)
+        for k, v in change.data.items()
+        if v is not None and k not in reserved
+    }
 
 
-def digest(content: Mapping[str, Any]) -> bytes:
+def digest(content: Content) -> bytes:
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
 
 
-def _incoming_wins_tie(
-    stored_source: str, stored: Mapping[str, Any], change: Change, incoming: Mapping[str, Any]
-) -> bool:
-    a, b = _AUTHORITY.get(change.source, 0), _AUTHORITY.get(stored_source, 0)
-    if a != b:
-        return a > b
-    return digest(incoming) > digest(stored)
+def _stored_authority(stored: StoredState) -> int:
+    return AUTHORITY.get(stored.source, 0) if stored.authority is None else stored.authority
 
 
-def decide(stored: StoredState | None, change: Change) -> Outcome:
-    """Pure decision for one incoming change against the stored state of its record.
+def _outranks(authority_a: int, content_a: Content, authority_b: int, content_b: Content) -> bool:
+    """Same version: does state a rank above state b? Authority first, then the digest, which
+    only decides between different contents."""
+    if authority_a != authority_b:
+        return authority_a > authority_b
+    if content_a == content_b:
+        return False
+    return digest(content_a) > digest(content_b)
 
-    `stored.content` must be given when the versions are equal (the only case that
-    compares content)."""
+
+def _decide(stored: StoredState | None, change: Change, incoming: Content | None) -> Outcome:
     if stored is None:
         return Outcome.APPLIED
     if change.version > stored.version:
@@ -79,24 +87,24 @@ def decide(stored: StoredState | None, change: Change) -> Outcome:
         return Outcome.RESURRECTED
     if stored.content is None:
         raise ValueError(
-            f"{change.resource} {change.id!r} v{change.version}: deciding a same-version change needs the stored content"
+            f"{change.resource} {change.id!r} v{change.version}: deciding a same-version change"
+            " needs the stored content"
         )
-    incoming = content_of(change)
+    if incoming is None:
+        incoming = content_of(change)
     if incoming == stored.content:
         return Outcome.DUPLICATE
-    if _incoming_wins_tie(stored.source, stored.content, change, incoming):
+    if _outranks(AUTHORITY.get(change.source, 0), incoming, _stored_authority(stored), stored.content):
         return Outcome.CONFLICT
     return Outcome.STALE
 
 
-def _better(a: Change, b: Change) -> bool:
-    """True when `a` is a greater state than `b` of the same record (the ordering rule)."""
-    if a.version != b.version:
-        return a.version > b.version
-    ca, cb = content_of(a), content_of(b)
-    if ca == cb:
-        return False
-    return _incoming_wins_tie(b.source, cb, a, ca)
+def decide(stored: StoredState | None, change: Change) -> Outcome:
+    """Pure decision for one incoming change against the stored state of its record.
+
+    `stored.content` must be given when the versions are equal (the only case that
+    compares content)."""
+    return _decide(stored, change, None)
 
 
 @dataclass
@@ -112,34 +120,69 @@ class BatchResult:
         return sum(self.counts[o.value] for o in Outcome if o.writes)
 
 
-def plan_batch(
-    changes: Sequence[Change], stored: Mapping[tuple[str, RecordId], StoredState]
-) -> tuple[list[Outcome], list[int]]:
-    """Pure batch decision: every change's outcome and the indexes of the changes to write.
+class BatchPlan(NamedTuple):
+    """Outcomes in input order; indexes of the changes to write; indexes of duplicates whose
+    source has more authority than the stored copy's (only `_authority` is raised)."""
+
+    outcomes: list[Outcome]
+    writes: list[int]
+    confirms: list[int]
+
+
+def plan_batch(changes: Sequence[Change], stored: Mapping[tuple[str, RecordId], StoredState]) -> BatchPlan:
+    """Pure batch decision: every change's outcome and what to write.
 
     Several changes to one record collapse to the greatest; it alone is decided against the
     stored state, the others are stale or duplicates of it."""
+    contents: dict[int, Content] = {}
+
+    def content(i: int) -> Content:
+        found = contents.get(i)
+        if found is None:
+            found = contents[i] = content_of(changes[i])
+        return found
+
     winners: dict[tuple[str, RecordId], int] = {}
+    repeated = False
     for i, change in enumerate(changes):
         key = (change.resource, change.id)
-        best = winners.get(key)
-        if best is None or _better(change, changes[best]):
+        best = winners.setdefault(key, i)
+        if best == i:
+            continue
+        repeated = True
+        other = changes[best]
+        if change.version > other.version or (
+            change.version == other.version
+            and _outranks(
+                AUTHORITY.get(change.source, 0), content(i), AUTHORITY.get(other.source, 0), content(best)
+            )
+        ):
             winners[key] = i
+
     outcomes: list[Outcome] = []
-    to_write: list[int] = []
+    writes: list[int] = []
+    confirms: list[int] = []
     for i, change in enumerate(changes):
         key = (change.resource, change.id)
-        best = winners[key]
+        best = winners[key] if repeated else i
         if i == best:
-            outcome = decide(stored.get(key), change)
+            state = stored.get(key)
+            same = state is not None and state.version == change.version and not state.deleted
+            outcome = _decide(state, change, content(i) if same else None)
             if outcome.writes:
-                to_write.append(i)
+                writes.append(i)
+            elif (
+                outcome is Outcome.DUPLICATE
+                and state is not None
+                and AUTHORITY.get(change.source, 0) > _stored_authority(state)
+            ):
+                confirms.append(i)
         else:
             winner = changes[best]
-            same = winner.version == change.version and content_of(winner) == content_of(change)
-            outcome = Outcome.DUPLICATE if same else Outcome.STALE
+            dup = winner.version == change.version and content(best) == content(i)
+            outcome = Outcome.DUPLICATE if dup else Outcome.STALE
         outcomes.append(outcome)
-    return outcomes, to_write
+    return BatchPlan(outcomes, writes, confirms)
 
 
 def apply_batch(store: Store, changes: Sequence[Change], *, listed: int | None = None) -> BatchResult:
@@ -149,27 +192,36 @@ def apply_batch(store: Store, changes: Sequence[Change], *, listed: int | None =
     if not store.conn.in_transaction:
         with store.db.atomic():
             return apply_batch(store, changes, listed=listed)
-    by_resource: dict[str, list[RecordId]] = {}
+    by_resource: dict[str, list[Change]] = {}
     for change in changes:
-        by_resource.setdefault(change.resource, []).append(change.id)
+        group = by_resource.get(change.resource)
+        if group is None:
+            by_resource[change.resource] = [change]
+        else:
+            group.append(change)
     stored: dict[tuple[str, RecordId], StoredState] = {}
-    for resource, ids in by_resource.items():
-        states = store.mirror_states(resource, ids)
+    for resource, group in by_resource.items():
+        states = store.mirror_states(resource, [c.id for c in group])
+        if not states:
+            continue
+        # Only a same-version change compares content; a tombstoned copy is restored anyway.
         same_version = [
             c.id
-            for c in changes
-            if c.resource == resource and c.id in states and states[c.id].version == c.version
+            for c in group
+            if (s := states.get(c.id)) is not None and s.version == c.version and not s.deleted
         ]
-        contents = store.mirror_contents(resource, same_version) if same_version else {}
+        if same_version:
+            for rid, content in store.mirror_contents(resource, same_version).items():
+                s = states[rid]
+                states[rid] = StoredState(s.version, s.deleted, s.source, content, s.authority)
         for rid, state in states.items():
-            if rid in contents:
-                state = StoredState(state.version, state.deleted, state.source, contents[rid])
             stored[(resource, rid)] = state
-    outcomes, to_write = plan_batch(changes, stored)
+    plan = plan_batch(changes, stored)
+    outcomes = plan.outcomes
     synced_at = utc_iso()
     writes: dict[str, list[tuple[Mapping[str, Any], int, str]]] = {}
     result = BatchResult(outcomes)
-    for i in to_write:
+    for i in plan.writes:
         change = changes[i]
         writes.setdefault(change.resource, []).append((change.data, change.version, change.source))
         result.applied_by_source[change.source] += 1
@@ -183,8 +235,14 @@ def apply_batch(store: Store, changes: Sequence[Change], *, listed: int | None =
             )
     for resource, records in writes.items():
         store.write_records(resource, records, synced_at=synced_at, listed=listed)
+    confirms: dict[str, list[tuple[int, RecordId]]] = {}
+    for i in plan.confirms:
+        change = changes[i]
+        confirms.setdefault(change.resource, []).append((AUTHORITY.get(change.source, 0), change.id))
+    for resource, rows in confirms.items():
+        store.raise_authority(resource, rows)
     if listed is not None:
-        for resource, ids in by_resource.items():
-            store.mark_listed(resource, ids, listed)
+        for resource, group in by_resource.items():
+            store.mark_listed(resource, [c.id for c in group], listed)
     result.counts.update(o.value for o in outcomes)
     return result

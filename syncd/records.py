@@ -18,6 +18,9 @@ from syncd.errors import RecordError
 
 Source = Literal["webhook", "poll", "fetch"]
 RecordId = int | str
+#: How much a source is trusted when two different contents claim the same version: an API
+#: read (listing or GET one) is the provider's current truth, a webhook snapshot may be stale.
+AUTHORITY: dict[str, int] = {"webhook": 1, "poll": 2, "fetch": 2}
 
 #: Event type prefix -> resource, from the contract's event table.
 _EVENT_PREFIXES = {"order": "orders", "customer": "customers", "inventory": "inventory"}

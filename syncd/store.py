@@ -26,15 +26,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import sqlite_utils
 
 from syncd.errors import StoreClosedError, StoreError
+from syncd.records import AUTHORITY
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIRROR_RESOURCES = ("orders", "customers", "inventory")
-BOOKKEEPING_COLUMNS = ("_version", "_source", "_synced_at", "_deleted", "_deleted_at", "_listed")
+BOOKKEEPING_COLUMNS = (
+    "_version",
+    "_source",
+    "_authority",
+    "_synced_at",
+    "_deleted",
+    "_deleted_at",
+    "_listed",
+)
+#: Record fields with these names cannot be mirrored: the columns hold bookkeeping.
+RESERVED_FIELDS = frozenset(BOOKKEEPING_COLUMNS)
 #: Contract fields, so the tables exist with sensible column order before the first record.
 CONTRACT_FIELDS: dict[str, tuple[str, ...]] = {
     "orders": (
@@ -70,16 +81,51 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+#: Values SQLite stores as they are; checked by exact type first because this runs for every
+#: field of every record applied.
+PLAIN_TYPES = frozenset({str, float, type(None)})
+_INT_MIN, _INT_MAX = -(2**63), 2**63
+_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+
+
+def _json_text_function() -> Callable[[Any], str]:
+    """Canonical JSON text of a nested value (sorted keys, compact, UTF-8), the same text
+    `json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)` gives.
+    JSONEncoder.encode builds a fresh C encoder on every call, which is most of its cost for
+    the small values records nest; the C encoder is built once here."""
+    if _c_make_encoder is None:  # an interpreter without the _json accelerator
+        return _JSON.encode
+    encode = _c_make_encoder(
+        None, _JSON.default, json.encoder.encode_basestring, None, ":", ",", True, False, True
+    )
+
+    def to_json(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return to_json
+
+
+to_json_text = _json_text_function()
+
+
 def to_column_value(value: Any) -> Any:
     """Top-level record value -> what SQLite stores. Nested values become JSON text."""
-    if value is None or isinstance(value, str | float):
+    kind = type(value)
+    if kind is int:
+        # Beyond 64 bits SQLite cannot hold an integer; keep its digits as text.
+        return value if _INT_MIN <= value < _INT_MAX else str(value)
+    if kind in PLAIN_TYPES:
         return value
+    if kind is list or kind is dict:
+        return to_json_text(value)
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
-        # Beyond 64 bits SQLite cannot hold an integer; keep its digits as text.
-        return value if -(2**63) <= value < 2**63 else str(value)
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        return int(value) if _INT_MIN <= value < _INT_MAX else str(value)
+    if isinstance(value, str | float):
+        return value
+    return to_json_text(value)
 
 
 # -- migrations ---------------------------------------------------------------------------
@@ -139,23 +185,39 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE _cursors ADD COLUMN last_success_at REAL")
 
 
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    # Authority of the most authoritative source that has shown the stored state. `_source`
+    # keeps saying which path brought it first; a poll that confirms a webhook's copy raises
+    # only the authority, so a later same-version conflict is decided as if every copy had
+    # arrived in any other order.
+    for resource in MIRROR_RESOURCES:
+        db.execute(f"ALTER TABLE {resource} ADD COLUMN _authority INTEGER NOT NULL DEFAULT 0")
+        db.execute(
+            f"UPDATE {resource} SET _authority = CASE _source WHEN 'webhook' THEN 1"
+            " WHEN 'poll' THEN 2 WHEN 'fetch' THEN 2 ELSE 0 END"
+        )
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
     _migrate_2,
     _migrate_3,
+    _migrate_4,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class StoredState:
+class StoredState(NamedTuple):
     """What the reconciler needs to know of a stored record. `content` (field -> column value,
-    NULLs dropped) is loaded only when a decision needs it (same version seen again)."""
+    NULLs dropped) is loaded only when a decision needs it (same version seen again).
+    `authority` is the highest authority that has shown this state; None means that of
+    `source`. A named tuple: one is built per record looked up, in the apply hot path."""
 
     version: int
     deleted: bool
     source: str
     content: Mapping[str, Any] | None = None
+    authority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +260,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._columns: dict[str, set[str]] = {}
+        self._upserts: dict[str, tuple[tuple[str, ...], str]] = {}
 
     # -- schema -------------------------------------------------------------------------
 
@@ -238,6 +301,29 @@ class Store:
             if name not in cols:
                 self.conn.execute(f"ALTER TABLE {quote(resource)} ADD COLUMN {quote(name)}")
                 cols.add(name)
+                self._upserts.pop(resource, None)
+
+    def _upsert(self, resource: str) -> tuple[tuple[str, ...], str]:
+        """Field columns and the upsert statement for the table's current columns; built once
+        per column set so sqlite3's statement cache reuses the prepared statement."""
+        cached = self._upserts.get(resource)
+        if cached is not None:
+            return cached
+        # Every field column is written, so a field the record no longer has becomes NULL
+        # instead of keeping an old value; the relist mark is kept (see tombstone_unlisted).
+        names = ("id", *sorted(c for c in self.columns(resource) if c != "id" and c not in RESERVED_FIELDS))
+        col_sql = ", ".join(quote(n) for n in names)
+        marks = ",".join("?" * (len(names) + 6))
+        updates = ", ".join(f"{quote(n)}=excluded.{quote(n)}" for n in names[1:])
+        sql = (
+            f"INSERT INTO {quote(resource)} ({col_sql}, _version, _source, _authority, _synced_at,"
+            f" _deleted, _listed) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates},"
+            " _version=excluded._version, _source=excluded._source, _authority=excluded._authority,"
+            " _synced_at=excluded._synced_at, _deleted=0, _deleted_at=NULL,"
+            " _listed=MAX(_listed, excluded._listed)"
+        )
+        self._upserts[resource] = (names, sql)
+        return names, sql
 
     # -- mirror -------------------------------------------------------------------------
 
@@ -245,11 +331,12 @@ class Store:
         out: dict[Any, StoredState] = {}
         for chunk in _chunks(ids, 900):
             marks = ",".join("?" * len(chunk))
-            for rid, version, deleted, source in self.conn.execute(
-                f"SELECT id, _version, _deleted, _source FROM {quote(resource)} WHERE id IN ({marks})",
+            for rid, version, deleted, source, authority in self.conn.execute(
+                f"SELECT id, _version, _deleted, _source, _authority FROM {quote(resource)}"
+                f" WHERE id IN ({marks})",
                 chunk,
             ):
-                out[rid] = StoredState(version, bool(deleted), source)
+                out[rid] = StoredState(version, bool(deleted), source, None, authority)
         return out
 
     def mirror_contents(self, resource: str, ids: Sequence[Any]) -> dict[Any, dict[str, Any]]:
@@ -257,11 +344,9 @@ class Store:
         for chunk in _chunks(ids, 900):
             marks = ",".join("?" * len(chunk))
             cur = self.conn.execute(f"SELECT * FROM {quote(resource)} WHERE id IN ({marks})", chunk)
-            names = [d[0] for d in cur.description]
+            keep = [(i, d[0]) for i, d in enumerate(cur.description) if d[0] not in RESERVED_FIELDS]
             for row in cur:
-                content = {
-                    k: v for k, v in zip(names, row, strict=True) if v is not None and not k.startswith("_")
-                }
+                content = {name: row[i] for i, name in keep if row[i] is not None}
                 out[content["id"]] = content
         return out
 
@@ -276,33 +361,35 @@ class Store:
         """Insert or replace whole records. `records` holds (data, version, source)."""
         if not records:
             return
-        fields: dict[str, None] = {}
+        cols = self.columns(resource)
+        fields: set[str] = set()
         for data, _, _ in records:
-            for key in data:
-                fields.setdefault(key, None)
-        self.ensure_columns(resource, fields)
-        # Every field column is written, so a field the record no longer has becomes NULL
-        # instead of keeping an old value; the relist mark is kept (see tombstone_unlisted).
-        names = [
-            "id",
-            *sorted(c for c in self.columns(resource) if c != "id" and not c.startswith("_")),
-        ]
+            fields.update(data)
+        if not fields <= cols:
+            # Keep the order fields first appear in, so new columns read like the records.
+            seen: dict[str, None] = {}
+            for data, _, _ in records:
+                seen.update(dict.fromkeys(data))
+            self.ensure_columns(resource, seen)
+        names, sql = self._upsert(resource)
         listed_value = 0 if listed is None else listed
-        col_sql = ", ".join(quote(n) for n in names)
-        marks = ",".join("?" * (len(names) + 5))
-        updates = ", ".join(f"{quote(n)}=excluded.{quote(n)}" for n in names[1:])
-        sql = (
-            f"INSERT INTO {quote(resource)} ({col_sql}, _version, _source, _synced_at,"
-            f" _deleted, _listed) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates},"
-            " _version=excluded._version, _source=excluded._source, _synced_at=excluded._synced_at,"
-            " _deleted=0, _deleted_at=NULL, _listed=MAX(_listed, excluded._listed)"
-        )
         conv = to_column_value
-        rows = [
-            (*[conv(data.get(n)) for n in names], version, source, synced_at, 0, listed_value)
-            for data, version, source in records
-        ]
+        plain = PLAIN_TYPES
+        authority = AUTHORITY
+        rows: list[list[Any]] = []
+        for data, version, source in records:
+            row = [v if type(v) in plain else conv(v) for v in map(data.get, names)]
+            row += (version, source, authority.get(source, 0), synced_at, 0, listed_value)
+            rows.append(row)
         self.conn.executemany(sql, rows)
+
+    def raise_authority(self, resource: str, rows: Sequence[tuple[int, Any]]) -> None:
+        """Record that a more authoritative source confirmed the stored state:
+        `rows` holds (authority, id). Leaves `_source` and `_synced_at` alone."""
+        self.conn.executemany(
+            f"UPDATE {quote(resource)} SET _authority=? WHERE id=? AND _authority<?",
+            [(authority, rid, authority) for authority, rid in rows],
+        )
 
     def mark_listed(self, resource: str, ids: Sequence[Any], generation: int) -> None:
         for chunk in _chunks(ids, 900):

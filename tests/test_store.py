@@ -108,6 +108,8 @@ def test_migration_from_version_1_keeps_the_data(tmp_path: Path) -> None:
             "total": 9.5,
             "_version": 3,
             "_source": "poll",
+            # Backfilled from the source: an API read.
+            "_authority": 2,
             "_synced_at": SYNCED,
             "_deleted": 0,
             "_listed": 0,
