@@ -62,7 +62,6 @@ class _BadRequest(ValueError):
 
 def create_app(sim: Simulator) -> Starlette:
     expected_auth = f"Bearer {sim.config.api_key}".encode()
-    stopping = asyncio.Event()
 
     def authorized(request: Request) -> bool:
         given = request.headers.get("authorization", "").encode()
@@ -72,14 +71,17 @@ def create_app(sim: Simulator) -> Starlette:
         faults = sim.faults
         rng = sim.fault_rng
         if faults.api_hang_rate and rng.random() < faults.api_hang_rate:
+            sim.stats.api_faults["hang"] += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), faults.hang_seconds)
+                await asyncio.wait_for(sim.shutting_down.wait(), faults.hang_seconds)
         if resource in faults.forbidden_resources:
             return error(403, f"the API key lacks the scope to read {resource}")
         if faults.api_429_rate and rng.random() < faults.api_429_rate:
+            sim.stats.api_faults["429"] += 1
             return error(429, "too many requests, slow down", **{"Retry-After": str(faults.retry_after)})
         if faults.api_5xx_rate and rng.random() < faults.api_5xx_rate:
             status = rng.choice(FIVE_XX)
+            sim.stats.api_faults["5xx"] += 1
             return error(status, f"transient upstream failure ({status})")
         return None
 
@@ -134,6 +136,7 @@ def create_app(sim: Simulator) -> Starlette:
         faults = sim.faults
         if limit > 1 and faults.short_page_rate and sim.fault_rng.random() < faults.short_page_rate:
             size = sim.fault_rng.randint(1, limit - 1)
+            sim.stats.api_faults["short_page"] += 1
         page = table.page(since_ms=since_ms, after=after, limit=size)
         next_cursor = b"null"
         if page.has_more and page.last is not None:
@@ -229,7 +232,6 @@ def create_app(sim: Simulator) -> Starlette:
         try:
             yield
         finally:
-            stopping.set()
             await sim.stop()
 
     routes = [
@@ -288,6 +290,9 @@ def _check_cursor(
         raise _BadRequest("limit differs from the listing the cursor belongs to")
     ttl_ms = sim.config.cursor_ttl * 1000
     rate = sim.faults.cursor_expire_rate
-    if (ttl_ms and now - cursor.issued_ms > ttl_ms) or (rate and sim.fault_rng.random() < rate):
+    if ttl_ms and now - cursor.issued_ms > ttl_ms:
+        raise _BadRequest("the cursor has expired; start the listing again", "cursor_expired")
+    if rate and sim.fault_rng.random() < rate:
+        sim.stats.api_faults["cursor_expired"] += 1
         raise _BadRequest("the cursor has expired; start the listing again", "cursor_expired")
     return cursor

@@ -166,5 +166,9 @@ async def _serve(
             click.echo(f"webhook secret for {endpoint.id}: {endpoint.secret}")
     click.echo(READY_PREFIX + url)
     sys.stdout.flush()
+    while not task.done() and not server.should_exit:
+        await asyncio.wait({task}, timeout=0.1)
+    # Let requests parked by the hang fault go, so they do not hold the graceful shutdown.
+    sim.begin_shutdown()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -134,6 +134,13 @@ class SimHandle(ThreadedServer):
     def control(self, command: dict[str, Any]) -> dict[str, Any]:
         return self.run(self.simulator.control(command))
 
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.loop is not None:
+            # Let requests parked by the hang fault go first, so shutdown is not held by them.
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                self.loop.call_soon_threadsafe(self.simulator.begin_shutdown)
+        super().stop(timeout)
+
 
 @contextlib.contextmanager
 def running_simulator(config: SimConfig | None = None, *, clock: Clock | None = None) -> Iterator[SimHandle]:

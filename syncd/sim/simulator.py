@@ -49,6 +49,8 @@ class Simulator:
         self._workload_resumed = asyncio.Event()
         self._workload_resumed.set()
         self._preloaded = False
+        self.shutting_down = asyncio.Event()
+        """Set when the server begins to stop: requests parked by the hang fault let go."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -72,7 +74,11 @@ class Simulator:
         await self.webhooks.start()
         self._workload = asyncio.create_task(self._run_workload(), name="sim-workload")
 
+    def begin_shutdown(self) -> None:
+        self.shutting_down.set()
+
     async def stop(self) -> None:
+        self.begin_shutdown()
         if self._workload is not None:
             self._workload.cancel()
             await asyncio.gather(self._workload, return_exceptions=True)

@@ -34,6 +34,8 @@ class Stats:
         self.requests: Counter[str] = Counter()
         """API requests by "METHOD /route status"."""
         self.bytes_sent = 0
+        self.api_faults: Counter[str] = Counter()
+        """API faults injected: hang, 429, 5xx, short_page, cursor_expired."""
         self.webhooks: Counter[str] = Counter()
         """See WEBHOOK_COUNTERS; "dropped" in the snapshot sums the dropped_* reasons."""
 
@@ -51,6 +53,7 @@ class Stats:
             "requests": dict(self.requests),
             "requests_total": sum(self.requests.values()),
             "bytes_sent": self.bytes_sent,
+            "api_faults": dict(self.api_faults),
             "webhooks": {
                 **dict.fromkeys(WEBHOOK_COUNTERS, 0),
                 **self.webhooks,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -153,6 +154,28 @@ def test_hang(start_sim: StartSim) -> None:
         for _ in range(10):
             client.get("/orders")
         assert time.monotonic() - start < 0.4
+
+
+def test_stop_releases_hanging_requests(start_sim: StartSim) -> None:
+    handle = start_sim(faults=FaultConfig(api_hang_rate=1.0, hang_seconds=60))
+    outcome: list[int] = []
+
+    def hang() -> None:
+        with api_client(handle, timeout=30) as client:
+            outcome.append(client.get("/orders").status_code)
+
+    thread = threading.Thread(target=hang)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while handle.call(lambda: handle.simulator.stats.api_faults["hang"]) == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.1)
+    start = time.monotonic()
+    handle.stop()
+    thread.join(10)
+    assert time.monotonic() - start < 3
+    assert outcome == [200]
 
 
 def test_runtime_lag_knob(start_sim: StartSim) -> None:
