@@ -101,7 +101,7 @@ def test_retry_schedule_follows_time_scale(start_sim: StartSim, receiver: Receiv
         gaps = [b.at - a.at for a, b in itertools.pairwise(attempts)]
         for gap, scheduled in zip(gaps, RETRY_SCHEDULE, strict=False):
             expected = scheduled * 0.001
-            assert expected <= gap < expected + 0.3, (gaps, expected)
+            assert expected <= gap < expected + 0.5, (gaps, expected)
         stats = client.get("/_sim/stats").json()["webhooks"]
         assert stats["attempted"] == 4
         assert stats["failed"] == 3
@@ -131,7 +131,7 @@ def test_no_answer_within_timeout_is_a_failure(start_sim: StartSim, receiver: Re
         receiver.wait_for(lambda got: len(got) == 2, timeout=5)
         first, second = receiver.snapshot()
         # Retry 60 ms after the 0.2 s timeout, well before the 1 s stall ends.
-        assert 0.2 <= second.at - first.at < 0.9
+        assert 0.2 <= second.at - first.at < 1.0
         assert client.get("/_sim/stats").json()["webhooks"]["failed"] == 1
 
 
