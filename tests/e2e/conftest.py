@@ -229,6 +229,7 @@ class DaemonProcess:
         sections: dict[str, dict[str, Any]],
         *,
         env: dict[str, str] | None = None,
+        wait_ready: bool = True,
     ) -> None:
         self.workdir = workdir
         self.config_path = workdir / "syncd.toml"
@@ -254,9 +255,12 @@ class DaemonProcess:
             stderr=subprocess.STDOUT,
             env=full_env,
         )
-        ready = self.wait_log(lambda r: "listeners" in r, START_TIMEOUT, what="the daemon's ready line")
-        self.admin_url: str = ready["listeners"]["admin"]
-        self.webhook_url: str | None = ready["listeners"].get("webhook")
+        self.admin_url = ""
+        self.webhook_url: str | None = None
+        if wait_ready:
+            ready = self.wait_log(lambda r: "listeners" in r, START_TIMEOUT, what="the daemon's ready line")
+            self.admin_url = ready["listeners"]["admin"]
+            self.webhook_url = ready["listeners"].get("webhook")
 
     @property
     def pid(self) -> int:
@@ -364,6 +368,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         *,
         mode: str = "push",
         env: dict[str, str] | None = None,
+        wait_ready: bool = True,
         **overrides: dict[str, Any],
     ) -> DaemonProcess:
         workdir = tmp_path / f"daemon{len(started)}"
@@ -371,7 +376,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         sections = daemon_sections(sim.url, workdir, mode)
         for name, values in overrides.items():
             sections.setdefault(name, {}).update(values)
-        daemon = DaemonProcess(workdir, sections, env=env)
+        daemon = DaemonProcess(workdir, sections, env=env, wait_ready=wait_ready)
         started.append(daemon)
         return daemon
 
