@@ -102,6 +102,8 @@ def test_retry_schedule_follows_time_scale(start_sim: StartSim, receiver: Receiv
         for gap, scheduled in zip(gaps, RETRY_SCHEDULE, strict=False):
             expected = scheduled * 0.001
             assert expected <= gap < expected + 0.5, (gaps, expected)
+        # The receiver saw the last attempt; wait until the sender has seen its answer too.
+        assert handle.control({"action": "quiesce", "timeout": 5})["idle"]
         stats = client.get("/_sim/stats").json()["webhooks"]
         assert stats["attempted"] == 4
         assert stats["failed"] == 3
