@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 import stamina
 
 from syncd.errors import (
@@ -226,8 +227,9 @@ class PetstoreClient:
             params["cursor"] = cursor
         response = await self.request("GET", f"/{resource}", params=params)
         try:
-            payload = response.json()
-        except ValueError as exc:
+            # Listing pages are the bulk of a sync; orjson parses them about twice as fast.
+            payload = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
             raise ApiError(f"GET /{resource}: response is not JSON", status=response.status_code) from exc
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):

@@ -6,7 +6,8 @@ API's visibility lag after its `updatedAt`: the lookback re-reads that window an
 reconciler drops what the mirror already has. Each page's changes and the cursor advance are
 one transaction, so the cursor never points past data that is not committed.
 
-Pages stream: one page is being committed while the client fetches the next, never more.
+Pages stream: at most one page is being committed, the next one parsed and the one after
+fetched; memory holds three pages whatever the size of the listing.
 """
 
 from __future__ import annotations
@@ -119,6 +120,17 @@ def _start_relist(store: Store, resource: str) -> tuple[int, str | None]:
     return generation, state.cursor
 
 
+@dataclass
+class _Pending:
+    """A parsed page on its way through the writer."""
+
+    changes: list[Change]
+    page_max: str | None
+    fresh: int
+    listed: int
+    future: asyncio.Future[tuple[BatchResult, str | None]] | None = None
+
+
 class Poller:
     """Lists resources through the client and feeds the reconciler through the writer."""
 
@@ -204,15 +216,32 @@ class Poller:
         position: str | None = None
         listing_since = since
         while True:
+            # The commit of one page overlaps the parsing of the next (the writer thread
+            # spends most of a commit inside SQLite, outside the GIL).
+            pending: _Pending | None = None
             try:
                 async with aclosing(
                     self.client.list_pages(resource, since=listing_since, limit=self.cfg.poll.page_size)
                 ) as pages:
                     async for page in self._until_stopped(pages):
-                        page_max = await self._apply_page(result, page, generation, prev_cursor)
-                        position = _later(position, page_max)
-                        if report is not None:
-                            report.advance(resource, len(page.records), page_max)
+                        prepared = self._prepare(result, page, prev_cursor)
+                        if pending is not None and pending.future is not None:
+                            self._settle(result, await pending.future, pending, report)
+                            pending = None
+                            if self._stop.is_set():
+                                break  # the parsed page is dropped uncommitted; the cursor stays
+                        pending = prepared
+                        pending.future = asyncio.wrap_future(
+                            self.writer.submit(
+                                _commit_page,
+                                resource,
+                                prepared.changes,
+                                prepared.page_max,
+                                generation,
+                                self.clock(),
+                            )
+                        )
+                        position = _later(position, prepared.page_max)
                 break
             except CursorExpiredError:
                 result.cursor_restarts += 1
@@ -222,6 +251,9 @@ class Poller:
                     resumed = utc_iso(parse_iso(position) - self.cfg.poll.lookback)
                     listing_since = resumed if since is None else _later(since, resumed)
                 log.info("%s: listing cursor expired, listing again from since=%s", resource, listing_since)
+            finally:
+                if pending is not None and pending.future is not None:
+                    self._settle(result, await pending.future, pending, report)
         result.stopped = self._stop.is_set()
         finish = None
         if relist is not None and not result.stopped:
@@ -253,9 +285,7 @@ class Poller:
                 return
             yield page
 
-    async def _apply_page(
-        self, result: PollResult, page: Page, generation: int | None, prev_cursor: str | None
-    ) -> str | None:
+    def _prepare(self, result: PollResult, page: Page, prev_cursor: str | None) -> _Pending:
         resource = result.resource
         changes: list[Change] = []
         for obj in page.records:
@@ -268,21 +298,29 @@ class Poller:
         page_max: str | None = None
         fresh = 0
         if changes:
-            page_max = max(changes, key=lambda c: c.updated_at).updated_at
+            page_max = max(c.updated_at for c in changes)
             if prev_cursor is None:
                 fresh = len(changes)
             else:
                 fresh = sum(1 for c in changes if c.updated_at > prev_cursor)
-        batch, cursor = await self.writer.run(
-            _commit_page, resource, changes, page_max, generation, self.clock()
-        )
+        return _Pending(changes, page_max, fresh, len(page.records))
+
+    @staticmethod
+    def _settle(
+        result: PollResult,
+        committed: tuple[BatchResult, str | None],
+        page: _Pending,
+        report: ProgressReporter | None,
+    ) -> None:
+        batch, cursor = committed
         result.pages += 1
-        result.seen += len(changes)
-        result.fresh += fresh
+        result.seen += len(page.changes)
+        result.fresh += page.fresh
         result.applied += batch.written
         result.counts.update(batch.counts)
         result.cursor = cursor
-        return page_max
+        if report is not None:
+            report.advance(result.resource, page.listed, page.page_max)
 
     def _observe(self, result: PollResult) -> None:
         m = self.metrics

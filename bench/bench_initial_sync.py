@@ -1,0 +1,232 @@
+"""Initial sync benchmark: syncd's first full listing of N orders vs. dlt's REST API source.
+
+    python bench/bench_initial_sync.py [--orders N] [--dlt-orders M] [--skip-dlt]
+
+The simulator runs as its own process (`syncd simulate`, preloaded, no workload, no lag).
+Each sync runs in a child process of this script, so its wall time and peak RSS
+(ru_maxrss of that child alone) are measured without the simulator or the parent. Prints
+one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+READY = "petstore simulator listening on "
+API_KEY = "bench-key"
+TARGET_RATE = 20_000.0
+TARGET_RATIO = 5.0
+TARGET_RSS_MB = 150.0
+
+
+def start_simulator(orders: int) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "syncd",
+            "simulate",
+            "--port",
+            "0",
+            "--rate",
+            "0",
+            "--max-lag",
+            "0s",
+            "--cursor-ttl",
+            "0s",
+            "--api-key",
+            API_KEY,
+            "--preload-orders",
+            str(orders),
+            "--preload-inventory",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(READY):
+            return proc, line[len(READY) :].strip()
+    proc.kill()
+    raise RuntimeError(f"the simulator exited with {proc.wait()} before listening")
+
+
+def run_child(kind: str, url: str, workdir: Path, expected: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--url", url, "--workdir", str(workdir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["records"] != expected:
+        raise RuntimeError(f"{kind} synced {result['records']} orders, expected {expected}")
+    return result
+
+
+def peak_rss_mb() -> float:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_syncd(url: str, workdir: Path) -> dict[str, Any]:
+    import asyncio
+
+    from syncd.api import PetstoreClient
+    from syncd.config import Config, Secrets
+    from syncd.poller import Poller
+    from syncd.store import Store, Writer
+
+    db = workdir / "syncd.db"
+    cfg = Config.model_validate(
+        {"api": {"base_url": url}, "store": {"path": str(db)}, "poll": {"page_size": 1000}}
+    ).model_copy(update={"secrets": Secrets(API_KEY, ())})
+
+    async def main() -> tuple[int, float, int]:
+        writer = Writer(lambda: Store(db))
+        writer.start()
+        try:
+            async with PetstoreClient.from_config(cfg) as client:
+                started = time.perf_counter()
+                result = await Poller(client, writer, cfg).poll("orders")
+                return result.seen, time.perf_counter() - started, client.stats.requests
+        finally:
+            writer.stop()
+
+    seen, seconds, requests = asyncio.run(main())
+    conn = Store.open_reader(db)
+    stored = conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
+    conn.close()
+    return {
+        "records": stored,
+        "listed": seen,
+        "seconds": round(seconds, 3),
+        "rate": round(stored / seconds, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "requests": requests,
+    }
+
+
+def child_dlt(url: str, workdir: Path) -> dict[str, Any]:
+    import dlt
+    from dlt.sources.rest_api import rest_api_source
+
+    os.environ["RUNTIME__LOG_LEVEL"] = "WARNING"
+    db = workdir / "dlt.db"
+    source = rest_api_source(
+        {
+            "client": {
+                "base_url": url + "/",
+                "auth": {"type": "bearer", "token": API_KEY},
+                "paginator": {"type": "cursor", "cursor_path": "next_cursor", "cursor_param": "cursor"},
+            },
+            "resource_defaults": {"primary_key": "id", "write_disposition": "merge"},
+            "resources": [
+                {
+                    "name": "orders",
+                    "endpoint": {
+                        "path": "orders",
+                        "data_selector": "data",
+                        "params": {"limit": 1000},
+                        "incremental": {
+                            "start_param": "since",
+                            "cursor_path": "updatedAt",
+                            "initial_value": "1970-01-01T00:00:00.000Z",
+                        },
+                    },
+                }
+            ],
+        }
+    )
+    pipeline = dlt.pipeline(
+        pipeline_name="bench_initial_sync",
+        destination=dlt.destinations.sqlalchemy(f"sqlite:///{db}"),
+        dataset_name="main",
+        pipelines_dir=str(workdir / "dlt_pipelines"),
+    )
+    started = time.perf_counter()
+    pipeline.run(source)
+    seconds = time.perf_counter() - started
+    with pipeline.sql_client() as client:
+        stored = client.execute_sql("SELECT COUNT(*) FROM orders")[0][0]
+    return {
+        "records": stored,
+        "seconds": round(seconds, 3),
+        "rate": round(stored / seconds, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "write_disposition": "merge",
+        "destination": "sqlalchemy (sqlite)",
+    }
+
+
+def measure(kind: str, orders: int) -> dict[str, Any]:
+    sim, url = start_simulator(orders)
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+    try:
+        result = run_child(kind, url, workdir, orders)
+        result["orders"] = orders
+        return result
+    finally:
+        sim.terminate()
+        sim.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=1_000_000)
+    parser.add_argument(
+        "--dlt-orders", type=int, default=100_000, help="dlt is slower; its rate is compared (default 100k)"
+    )
+    parser.add_argument("--skip-dlt", action="store_true")
+    parser.add_argument("--child", choices=["syncd", "dlt"], help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        fn = child_syncd if args.child == "syncd" else child_dlt
+        print(json.dumps(fn(args.url, Path(args.workdir))))
+        return 0
+
+    syncd = measure("syncd", args.orders)
+    report: dict[str, Any] = {
+        "benchmark": "initial_sync",
+        "syncd": syncd,
+        "targets": {
+            "rate_min": TARGET_RATE,
+            "dlt_ratio_min": TARGET_RATIO,
+            "peak_rss_mb_max": TARGET_RSS_MB,
+        },
+    }
+    checks = {"rate": syncd["rate"] >= TARGET_RATE, "peak_rss": syncd["peak_rss_mb"] < TARGET_RSS_MB}
+    if not args.skip_dlt:
+        dlt_orders = min(args.dlt_orders, args.orders)
+        dlt = measure("dlt", dlt_orders)
+        ratio = syncd["rate"] / dlt["rate"]
+        report["dlt"] = dlt
+        report["ratio_vs_dlt"] = round(ratio, 2)
+        if dlt_orders != args.orders:
+            report["note"] = (
+                f"dlt synced {dlt_orders} orders (syncd {args.orders}); the ratio compares orders/s"
+            )
+        checks["dlt_ratio"] = ratio >= TARGET_RATIO
+    report["checks"] = checks
+    report["ok"] = all(checks.values())
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
