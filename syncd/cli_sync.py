@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 import threading
@@ -15,6 +14,7 @@ import click
 from syncd.api import PetstoreClient
 from syncd.cli import EXIT_FAILURE, config_option, load
 from syncd.config import RESOURCES, Config
+from syncd.logs import setup_logging
 from syncd.poller import Poller, PollResult
 from syncd.progress import make_progress
 from syncd.store import Store, Writer
@@ -96,7 +96,7 @@ def resync(resource: str | None, config_path: str | None) -> None:
     visibility lag plus lookback of the listing.
     """
     cfg = load(config_path)
-    logging.basicConfig(level=cfg.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(cfg.log, secrets=[s for s in (cfg.secrets.api_key,) if s])
     results = asyncio.run(_resync(cfg, _resources(cfg, resource)))
     for r in results:
         state = "stopped early" if r.stopped else "done"

@@ -56,8 +56,9 @@ class Estimate:
 
 
 class _Tracker:
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
+    def __init__(self, clock: Callable[[], float], wall: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # for rates
+        self.wall = wall  # epoch seconds, to compare with updatedAt
         self.tracks: dict[str, _Track] = {}
 
     def start(self, resource: str, kind: str) -> None:
@@ -75,11 +76,11 @@ class _Tracker:
 
     def estimate(self, resource: str) -> Estimate:
         track = self.tracks[resource]
-        now = self.clock()
-        elapsed = max(now - track.started, 1e-6)
+        elapsed = max(self.clock() - track.started, 1e-6)
         rate = track.records / elapsed
         fraction: float | None = None
         remaining: float | None = None
+        now = self.wall()
         if track.first_ts is not None and track.last_ts is not None and now > track.first_ts:
             fraction = min(max((track.last_ts - track.first_ts) / (now - track.first_ts), 0.0), 1.0)
             if fraction > 0.01:
@@ -90,27 +91,33 @@ class _Tracker:
 class LogProgress:
     """Periodic log lines, for services and pipes."""
 
-    def __init__(self, every: float = 5.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        every: float = 5.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.every = every
-        self._tracker = _Tracker(clock)
-        self._wall = clock
+        self._tracker = _Tracker(clock, wall)
+        self._clock = clock
         self._last_line: dict[str, float] = {}
 
     def start(self, resource: str, kind: str) -> None:
         self._tracker.start(resource, kind)
-        self._last_line[resource] = self._wall()
+        self._last_line[resource] = self._clock()
         log.info("%s: %s listing started", resource, kind)
 
     def advance(self, resource: str, records: int, last_updated_at: str | None) -> None:
         est = self._tracker.advance(resource, records, last_updated_at)
-        now = self._wall()
+        now = self._clock()
         if now - self._last_line.get(resource, 0.0) >= self.every:
             self._last_line[resource] = now
             log.info("%s: %s", resource, est.describe())
 
     def finish(self, resource: str, records: int) -> None:
         track = self._tracker.tracks.get(resource)
-        elapsed = self._wall() - track.started if track else 0.0
+        elapsed = self._clock() - track.started if track else 0.0
         log.info("%s: listing done, %d records in %.1fs", resource, records, elapsed)
 
 
