@@ -159,29 +159,36 @@ def plan_batch(changes: Sequence[Change], stored: Mapping[tuple[str, RecordId], 
         ):
             winners[key] = i
 
-    outcomes: list[Outcome] = []
+    outcomes: list[Outcome] = [Outcome.STALE] * len(changes)
     writes: list[int] = []
     confirms: list[int] = []
-    for i, change in enumerate(changes):
-        key = (change.resource, change.id)
-        best = winners[key] if repeated else i
-        if i == best:
-            state = stored.get(key)
-            same = state is not None and state.version == change.version and not state.deleted
-            outcome = _decide(state, change, content(i) if same else None)
-            if outcome.writes:
-                writes.append(i)
-            elif (
-                outcome is Outcome.DUPLICATE
-                and state is not None
-                and AUTHORITY.get(change.source, 0) > _stored_authority(state)
-            ):
-                confirms.append(i)
-        else:
+    for i in winners.values() if repeated else range(len(changes)):
+        change = changes[i]
+        state = stored.get((change.resource, change.id))
+        same = state is not None and state.version == change.version and not state.deleted
+        outcome = outcomes[i] = _decide(state, change, content(i) if same else None)
+        if outcome.writes:
+            writes.append(i)
+        elif (
+            outcome is Outcome.DUPLICATE
+            and state is not None
+            and AUTHORITY.get(change.source, 0) > _stored_authority(state)
+        ):
+            confirms.append(i)
+    if repeated:
+        writes.sort()
+        confirms.sort()
+        for i, change in enumerate(changes):
+            best = winners[(change.resource, change.id)]
+            if i == best:
+                continue
+            # A copy of the winner shares its fate: a duplicate of what is (or is now) stored,
+            # or stale with it when the mirror already holds something greater.
             winner = changes[best]
-            dup = winner.version == change.version and content(best) == content(i)
-            outcome = Outcome.DUPLICATE if dup else Outcome.STALE
-        outcomes.append(outcome)
+            if outcomes[best] is not Outcome.STALE and (
+                winner.version == change.version and content(best) == content(i)
+            ):
+                outcomes[i] = Outcome.DUPLICATE
     return BatchPlan(outcomes, writes, confirms)
 
 
