@@ -237,12 +237,12 @@ class WebhookConfig(_Section):
 
     @field_validator("dedupe_retention", "audit_retention")
     @classmethod
-    def _at_least_a_minute(cls, value: float) -> float:
+    def _at_least_a_second(cls, value: float) -> float:
         # Shorter than the provider's ~31.6 h retry schedule is allowed (a retry seen after its
         # id was forgotten is decided again, and the reconciler finds it a duplicate), but it
         # costs work and muddles event outcomes: `check_warnings` says so.
-        if value < 60:
-            raise ValueError("must be at least 1m")
+        if value < 1:
+            raise ValueError("must be at least 1s")
         return value
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from syncd import status as status_keys
 from syncd.admin import ReadinessInputs, create_admin_app
 from syncd.api import PetstoreClient
-from syncd.config import Config, load_config
+from syncd.config import Config, check_warnings, load_config
 from syncd.daemon_io import DaemonServer, bind_listener, take_activated_sockets
 from syncd.errors import ConfigError, StoreClosedError
 from syncd.fallback import Switch, WebhookHealth
@@ -206,6 +206,8 @@ class Daemon:
 
     async def startup(self) -> None:
         cfg = self.cfg
+        for warning in check_warnings(cfg):
+            log.warning("config: %s", warning)
         path = cfg.store.path
         writer = Writer(lambda: Store(path))
         await asyncio.to_thread(writer.start)
@@ -305,7 +307,9 @@ class Daemon:
             await self._refresh_gauges()
             await self._writer().run(_meta_write, {status_keys.META_HEARTBEAT: utc_iso(now)})
             self.notifier.status(self.status_text())
-        if now - self._last_prune >= PRUNE_PERIOD:
+        retention = min(self.cfg.webhook.dedupe_retention, self.cfg.webhook.audit_retention)
+        # Prune a few times per retention period, so a short retention is honoured closely.
+        if now - self._last_prune >= min(PRUNE_PERIOD, retention / 4):
             self._last_prune = now
             events, audit = await self._writer().run(
                 _prune, now, self.cfg.webhook.dedupe_retention, self.cfg.webhook.audit_retention
