@@ -213,6 +213,9 @@ def create_app(sim: Simulator) -> Starlette:
     async def sim_stats(request: Request) -> Response:
         return json_response(sim.stats.snapshot())
 
+    async def sim_acked(request: Request) -> Response:
+        return json_response(sim.stats.acked_ids())
+
     async def sim_idle(request: Request) -> Response:
         return json_response(sim.idle_status())
 
@@ -238,6 +241,7 @@ def create_app(sim: Simulator) -> Starlette:
         Route("/_sim/state", sim_state, methods=["GET"]),
         Route("/_sim/stats", sim_stats, methods=["GET"]),
         Route("/_sim/idle", sim_idle, methods=["GET"]),
+        Route("/_sim/acked", sim_acked, methods=["GET"]),
         Route("/_sim/control", sim_control, methods=["POST"]),
         Route("/webhooks", list_webhooks, methods=["GET"]),
         Route("/webhooks", create_webhook, methods=["POST"]),

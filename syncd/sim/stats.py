@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 WEBHOOK_COUNTERS = (
@@ -22,10 +22,17 @@ WEBHOOK_COUNTERS = (
 )
 
 
+#: How many acknowledged event ids `/_sim/acked` remembers (the newest win).
+ACK_LOG_SIZE = 200_000
+
+
 class Stats:
     """Plain counters, touched only from the simulator's event loop."""
 
     def __init__(self) -> None:
+        self.acked: deque[str] = deque(maxlen=ACK_LOG_SIZE)
+        """Event ids whose delivery got a 2xx, in order: what a receiver promised to keep."""
+        self.acked_total = 0
         self.changes: Counter[str] = Counter()
         """Changes made per resource (creations, updates and deletions)."""
         self.deletions: Counter[str] = Counter()
@@ -42,6 +49,13 @@ class Stats:
     def request(self, route: str, status: int, size: int) -> None:
         self.requests[f"{route} {status}"] += 1
         self.bytes_sent += size
+
+    def ack(self, event_id: str) -> None:
+        self.acked.append(event_id)
+        self.acked_total += 1
+
+    def acked_ids(self) -> dict[str, Any]:
+        return {"event_ids": list(self.acked), "complete": self.acked_total == len(self.acked)}
 
     def snapshot(self) -> dict[str, Any]:
         dropped = sum(v for k, v in self.webhooks.items() if k.startswith("dropped_"))

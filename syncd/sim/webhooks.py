@@ -270,6 +270,7 @@ class Dispatcher:
         headers["Content-Type"] = "application/json"
         delivery.attempts += 1
         self.stats.webhooks["attempted"] += 1
+        self.stats.webhooks["bytes"] += len(delivery.body)
         ok = False
         with contextlib.suppress(httpx.HTTPError, TimeoutError):
             async with asyncio.timeout(self.config.effective_delivery_timeout):
@@ -277,6 +278,7 @@ class Dispatcher:
             ok = 200 <= response.status_code < 300
         if ok:
             self.stats.webhooks["succeeded"] += 1
+            self.stats.ack(delivery.event_id)
             return
         self.stats.webhooks["failed"] += 1
         delays = self.config.retry_delays

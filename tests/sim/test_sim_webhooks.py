@@ -223,3 +223,26 @@ def test_unreachable_receiver_is_retried_not_fatal(start_sim: StartSim) -> None:
         stats = client.get("/_sim/stats").json()["webhooks"]
         assert stats["attempted"] == 1 + len(RETRY_SCHEDULE)
         assert stats["dropped_gave_up"] == 1
+
+
+def test_acked_log_lists_exactly_the_deliveries_answered_2xx(start_sim: StartSim, receiver: Receiver) -> None:
+    """`/_sim/acked` is what chaos tests check a receiver against: every event id it answered
+    2xx, and none it failed; `bytes` counts every body attempted."""
+    receiver.fail_times = 1000
+    handle = start_sim(time_scale=0.001)
+    with api_client(handle) as client:
+        failing = register(client, receiver.url, ["order.created"])
+        receiver.wait_for(lambda got: len(got) >= 1)
+        client.delete(f"/webhooks/{failing['id']}")
+        receiver.fail_times = 0
+        register(client, receiver.url, ["order.created", "order.updated"])
+        handle.step(40)
+        handle.control({"action": "quiesce", "timeout": 10, "drop_retries": True})
+        acked = client.get("/_sim/acked").json()
+        answered_ok = {r.json["eventId"] for r in receiver.snapshot() if r.status == 200}
+        answered_bad = {r.json["eventId"] for r in receiver.snapshot() if r.status != 200}
+        assert acked["complete"] is True
+        assert set(acked["event_ids"]) == answered_ok
+        assert not answered_bad & set(acked["event_ids"])
+        stats = client.get("/_sim/stats").json()
+        assert stats["webhooks"]["bytes"] == sum(len(r.body) for r in receiver.snapshot())
