@@ -261,6 +261,7 @@ class Store:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._columns: dict[str, set[str]] = {}
         self._upserts: dict[str, tuple[tuple[str, ...], str]] = {}
+        self._schema_cookie = self._read_schema_cookie()
 
     # -- schema -------------------------------------------------------------------------
 
@@ -285,6 +286,20 @@ class Store:
                     (str(version),),
                 )
 
+    def _read_schema_cookie(self) -> int:
+        return int(self.conn.execute("PRAGMA schema_version").fetchone()[0])
+
+    def _check_schema(self) -> None:
+        """Forget cached columns when the schema changed under them. A rolled-back
+        transaction takes its ALTER TABLEs with it, and SQLite's schema cookie goes back too;
+        without this a failed batch that added a column would make every later write name a
+        column that does not exist."""
+        cookie = self._read_schema_cookie()
+        if cookie != self._schema_cookie:
+            self._columns.clear()
+            self._upserts.clear()
+            self._schema_cookie = cookie
+
     def columns(self, resource: str) -> set[str]:
         cols = self._columns.get(resource)
         if cols is None:
@@ -296,12 +311,17 @@ class Store:
 
     def ensure_columns(self, resource: str, fields: Iterable[str]) -> None:
         """New fields in API records add columns; they never fail a sync."""
+        self._check_schema()
         cols = self.columns(resource)
+        added = False
         for name in fields:
             if name not in cols:
                 self.conn.execute(f"ALTER TABLE {quote(resource)} ADD COLUMN {quote(name)}")
                 cols.add(name)
-                self._upserts.pop(resource, None)
+                added = True
+        if added:
+            self._upserts.pop(resource, None)
+            self._schema_cookie = self._read_schema_cookie()
 
     def _upsert(self, resource: str) -> tuple[tuple[str, ...], str]:
         """Field columns and the upsert statement for the table's current columns; built once
@@ -361,6 +381,7 @@ class Store:
         """Insert or replace whole records. `records` holds (data, version, source)."""
         if not records:
             return
+        self._check_schema()
         cols = self.columns(resource)
         fields: set[str] = set()
         for data, _, _ in records:

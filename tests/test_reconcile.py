@@ -1,5 +1,9 @@
 import itertools
 import logging
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,3 +294,110 @@ def test_string_and_integer_ids_are_distinct_records(store: Store) -> None:
     apply_batch(store, [change(1, 1), change("1", 1)])
     assert store.mirror_counts("orders") == (2, 0)
     assert apply_batch(store, [change("1", 1), change(1, 1)]).counts == {"duplicate": 2}
+
+
+# -- crashes: a batch is all or nothing --------------------------------------------------------
+
+
+def test_failing_write_mid_batch_leaves_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    apply_batch(store, [change(1, 1)])
+    before = mirror(store)
+    real_write = Store.write_records
+    written: list[str] = []
+
+    def write_then_fail(self: Store, resource: str, *args: Any, **kwargs: Any) -> None:
+        if written:
+            raise OSError(f"disk gone while writing {resource}")
+        real_write(self, resource, *args, **kwargs)
+        written.append(resource)
+
+    monkeypatch.setattr(Store, "write_records", write_then_fail)
+    batch = [change(1, 2), change(2, 1), change("cus_1", 1, resource="customers")]
+    with pytest.raises(OSError, match="disk gone while writing customers"):
+        apply_batch(store, batch)
+    assert written == ["orders"]
+    assert not store.conn.in_transaction
+    assert mirror(store) == before
+    assert mirror(store, "customers") == {}
+
+
+def test_unstorable_value_mid_batch_leaves_nothing(store: Store) -> None:
+    apply_batch(store, [change(1, 1)])
+    before = mirror(store)
+    # A value no JSON text exists for fails the second resource's write, after the first's.
+    batch = [change(1, 2, note="new column"), change("cus_1", 1, resource="customers", bad={1, 2})]
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        apply_batch(store, batch)
+    assert mirror(store) == before
+    assert mirror(store, "customers") == {}
+    # The column the failed batch added was rolled back with it; the next batch adds it again.
+    assert "note" not in {r[1] for r in store.conn.execute("PRAGMA table_info(orders)")}
+    assert apply_batch(store, [change(1, 2, note="new column")]).outcomes == [Outcome.APPLIED]
+    assert mirror(store)[1]["note"] == "new column"
+
+
+KILL_SCRIPT = """
+import sys
+from syncd.reconcile import apply_batch
+from syncd.records import Change
+from syncd.store import Store
+
+path, n = sys.argv[1], int(sys.argv[2])
+store = Store(path)
+
+def order(rid, version):
+    data = {"id": rid, "status": "placed", "note": "x" * 200, "updatedAt": "2024-01-15T10:00:00.000Z",
+            "version": version}
+    return Change("orders", rid, version, data["updatedAt"], data, "poll")
+
+apply_batch(store, [order(i, 1) for i in range(100)])
+real_write = Store.write_records
+
+def announce(self, resource, records, **kwargs):
+    # Orders are written (uncommitted) by now; the customers write is still to come.
+    if resource == "customers":
+        print("writing", flush=True)
+    return real_write(self, resource, records, **kwargs)
+
+Store.write_records = announce
+customers = [
+    Change("customers", f"cus_{i}", 1, "2024-01-15T10:00:00.000Z",
+           {"id": f"cus_{i}", "name": "n" * 200, "updatedAt": "2024-01-15T10:00:00.000Z", "version": 1}, "poll")
+    for i in range(n)
+]
+apply_batch(store, [order(i, 2) for i in range(n)] + customers)
+print("committed", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_killed_process_leaves_the_whole_batch_or_none(tmp_path: Path) -> None:
+    path = tmp_path / "mirror.db"
+    n = 300_000
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(path), str(n)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        assert line == "writing\n", f"the writer process did not start its batch: {line!r}"
+        os.kill(proc.pid, signal.SIGKILL)
+        rest = proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert "committed" not in rest, "the batch finished before the kill; make it larger"
+    assert (tmp_path / "mirror.db-wal").exists()
+
+    reopened = Store(path)
+    try:
+        assert reopened.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        versions = dict(reopened.conn.execute("SELECT _version, COUNT(*) FROM orders GROUP BY _version"))
+        customers = reopened.mirror_counts("customers")[0]
+        # Either the whole batch (every order at v2 and every customer) or none of it.
+        assert (versions, customers) in (({1: 100}, 0), ({2: n}, n))
+        assert (versions, customers) == ({1: 100}, 0)
+    finally:
+        reopened.close()
