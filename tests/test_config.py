@@ -108,7 +108,7 @@ def test_parse_listen(text: str, address: ListenAddress) -> None:
 
 @pytest.mark.parametrize("bad", ["8787", "::1:8787", "host:99999", "host:", 8787])
 def test_parse_listen_rejects(bad: object) -> None:
-    with pytest.raises(ValueError, match="host|port"):
+    with pytest.raises(ValueError, match=r"host|port"):
         parse_listen(bad)
 
 
