@@ -307,6 +307,9 @@ def _describe_error(err: ErrorDetails) -> tuple[str, str]:
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required key is missing"
+    elif err["type"] == "tuple_type":
+        # Sequences are tuples inside (immutable config); the file writes them as lists.
+        msg = "must be a list, like [\"a\", \"b\"]"
     return key, msg
 
 

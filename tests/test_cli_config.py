@@ -132,7 +132,7 @@ def test_valid_config_exits_0_and_prints_it(tmp_path: Path) -> None:
         ('[poll]\nintervall = "30s"\n', "poll.intervall: unknown key"),
         ('[polling]\ninterval = "30s"\n', "polling: unknown key"),
         ('[poll]\npage_size = "many"\n', "poll.page_size: Input should be a valid integer"),
-        ("[sync]\nresources = 'orders'\n", "sync.resources"),
+        ("[sync]\nresources = 'orders'\n", "sync.resources: must be a list"),
         ("[poll\n", "not valid TOML"),
     ],
 )
