@@ -309,7 +309,7 @@ def _describe_error(err: ErrorDetails) -> tuple[str, str]:
         msg = "required key is missing"
     elif err["type"] == "tuple_type":
         # Sequences are tuples inside (immutable config); the file writes them as lists.
-        msg = "must be a list, like [\"a\", \"b\"]"
+        msg = 'must be a list, like ["a", "b"]'
     return key, msg
 
 
