@@ -6,6 +6,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from syncd.config import Config, Secrets
 from syncd.sim.server import SimHandle
 from syncd.store import Store
@@ -57,8 +59,9 @@ def mirror_versions(store_path: Path, resource: str, *, deleted: bool = False) -
 
 
 def drift(sim: SimHandle, store_path: Path, resources: tuple[str, ...] = RESOURCES) -> dict[str, Any]:
-    """Ground truth vs. mirror: ids missing or at another version, and extra live ids."""
-    truth = sim.truth()
+    """Ground truth (the simulator's /_sim/state) vs. mirror: ids missing or at another
+    version, and extra live ids."""
+    truth = httpx.get(f"{sim.base_url}/_sim/state", timeout=10).json()
     out: dict[str, Any] = {}
     for resource in resources:
         mirror = mirror_versions(store_path, resource)

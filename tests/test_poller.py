@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import stamina
+from click.testing import CliRunner
 
 from syncd.api import PetstoreClient
+from syncd.cli import main
 from syncd.metrics import Metrics
 from syncd.poller import Poller
 from syncd.reconcile import apply_batch
@@ -19,7 +21,7 @@ from syncd.records import parse_record
 from syncd.sim.config import FaultConfig, SimConfig
 from syncd.sim.server import SimHandle, running_simulator
 from syncd.store import Store, Writer, parse_iso, utc_iso
-from tests.poll_helpers import cursor_of, drift, make_config, mirror_versions
+from tests.poll_helpers import cursor_of, drift, make_config, mirror_versions, write_config_file
 
 RESOURCES = ("orders", "customers", "inventory")
 
@@ -108,6 +110,13 @@ async def test_converges_one_poll_after_the_workload_stops(
         relister = Poller(poller.client, writer, cfg, clock=lambda: time.time() + 30)
         relisted = [await relister.full_relist(r) for r in RESOURCES]
         after_relist = drift(sim, tmp_path / "mirror.db")
+        config = write_config_file(tmp_path / "syncd.toml", sim.base_url, tmp_path / "mirror.db")
+        verified = await asyncio.to_thread(
+            CliRunner().invoke,
+            main,
+            ["verify", "--config", str(config)],
+            env={"SYNCD_TEST_API_KEY": "test-key"},
+        )
     assert cycles >= 3
     assert all(r.kind == "incremental" for r in results)
     for resource in RESOURCES:
@@ -118,6 +127,7 @@ async def test_converges_one_poll_after_the_workload_stops(
     assert len(found["customers"]["extra"]) <= deletions.get("customers", 0)
     assert sum(r.tombstoned for r in relisted) == len(found["customers"]["extra"])
     assert all(after_relist[r] == {"wrong": [], "extra": []} for r in RESOURCES)
+    assert verified.exit_code == 0, verified.output
 
 
 async def test_lookback_zero_loses_late_visible_changes(
