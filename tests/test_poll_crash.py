@@ -120,3 +120,40 @@ def test_sigkill_mid_sync_then_restart(tmp_path: Path) -> None:
         )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert f"orders: {ORDERS} listed, {ORDERS} live in the mirror: OK" in verify.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_stops_resync_after_a_committed_page(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.db"
+    with running_simulator(SimConfig(seed=12, rate=0, max_lag=0, preload_orders=ORDERS)) as sim:
+        config = write_config_file(tmp_path / "syncd.toml", sim.base_url, db, page_size=200)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "resync", "orders", "--config", str(config)],
+            env={**os.environ, "SYNCD_TEST_API_KEY": "test-key"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while _committed(db) < 2_000:
+                assert proc.poll() is None, "resync finished before it could be stopped"
+                assert time.monotonic() < deadline, "resync never committed"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 1, err
+    assert "orders: stopped early" in out
+    conn = Store.open_reader(db)
+    newest, count, tombstoned = conn.execute(
+        'SELECT MAX("updatedAt"), COUNT(*), SUM(_deleted) FROM orders'
+    ).fetchone()
+    conn.close()
+    # Stopped listings tombstone nothing, and the cursor is exactly the committed data's.
+    assert tombstoned == 0
+    assert 2_000 <= count < ORDERS
+    assert cursor_of(db, "orders") == newest
