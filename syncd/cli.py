@@ -72,25 +72,18 @@ def check_config(config_path: str | None, as_json: bool) -> None:
 
 
 def _register() -> None:
-    """Commands that live next to the code they drive."""
-    import importlib
+    """Commands live next to the code they drive; each module lists its click commands."""
+    from syncd import cli_daemon, cli_demo, cli_sync, cli_webhooks
+    from syncd.sim.cli import simulate
 
-    for module, name in (
-        ("syncd.sim.cli", "simulate"),
-        ("syncd.cli_sync", "commands"),
-        ("syncd.cli_webhooks", "commands"),
-        ("syncd.cli_daemon", "commands"),
-        ("syncd.cli_demo", "commands"),
+    for cmd in (
+        *cli_sync.commands,
+        *cli_webhooks.commands,
+        *cli_daemon.commands,
+        *cli_demo.commands,
+        simulate,
     ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        obj = getattr(mod, name)
-        for cmd in obj if isinstance(obj, list | tuple) else [obj]:
-            main.add_command(cmd)
+        main.add_command(cmd)
 
 
 _register()
