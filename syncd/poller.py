@@ -6,8 +6,11 @@ API's visibility lag after its `updatedAt`: the lookback re-reads that window an
 reconciler drops what the mirror already has. Each page's changes and the cursor advance are
 one transaction, so the cursor never points past data that is not committed.
 
-Pages stream: at most one page is being committed, the next one parsed and the one after
-fetched; memory holds three pages whatever the size of the listing.
+Pages stream. While the writer commits, the client fetches and parses the next pages;
+the writer's next transaction takes every page parsed meanwhile (at most
+`Poller.max_group_pages`), so a writer that falls behind commits more per transaction
+instead of stalling the listing. Memory holds at most two groups and one page in flight,
+whatever the size of the listing.
 """
 
 from __future__ import annotations
@@ -122,13 +125,31 @@ def _start_relist(store: Store, resource: str) -> tuple[int, str | None]:
 
 @dataclass
 class _Pending:
-    """A parsed page on its way through the writer."""
+    """Parsed pages on their way through the writer, committed as one transaction."""
 
+    resource: str
     changes: list[Change]
     page_max: str | None
     fresh: int
     listed: int
+    pages: int = 1
     future: asyncio.Future[tuple[BatchResult, str | None]] | None = None
+
+    def merge(self, other: _Pending) -> _Pending:
+        self.changes.extend(other.changes)
+        self.page_max = _later(self.page_max, other.page_max)
+        self.fresh += other.fresh
+        self.listed += other.listed
+        self.pages += other.pages
+        return self
+
+    @property
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+    async def wait(self) -> tuple[BatchResult, str | None]:
+        assert self.future is not None
+        return await self.future
 
 
 class Poller:
@@ -150,6 +171,8 @@ class Poller:
         self.metrics = metrics
         self.progress = progress
         self.clock = clock
+        #: Most pages one transaction takes when the writer falls behind the listing.
+        self.max_group_pages = 4
         self._stop = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -216,32 +239,27 @@ class Poller:
         position: str | None = None
         listing_since = since
         while True:
-            # The commit of one page overlaps the parsing of the next (the writer thread
-            # spends most of a commit inside SQLite, outside the GIL).
-            pending: _Pending | None = None
+            # While the writer commits, the next pages are fetched and parsed; the writer
+            # takes them all in its next transaction (up to max_group_pages), so a writer
+            # that falls behind commits more per transaction instead of stalling the listing.
+            inflight: _Pending | None = None
+            group: _Pending | None = None
             try:
                 async with aclosing(
                     self.client.list_pages(resource, since=listing_since, limit=self.cfg.poll.page_size)
                 ) as pages:
                     async for page in self._until_stopped(pages):
                         prepared = self._prepare(result, page, prev_cursor)
-                        if pending is not None and pending.future is not None:
-                            self._settle(result, await pending.future, pending, report)
-                            pending = None
+                        group = prepared if group is None else group.merge(prepared)
+                        if inflight is not None:
+                            if not inflight.done and group.pages < self.max_group_pages:
+                                continue
+                            committed, inflight = inflight, None
+                            self._settle(result, await committed.wait(), committed, report)
                             if self._stop.is_set():
-                                break  # the parsed page is dropped uncommitted; the cursor stays
-                        pending = prepared
-                        pending.future = asyncio.wrap_future(
-                            self.writer.submit(
-                                _commit_page,
-                                resource,
-                                prepared.changes,
-                                prepared.page_max,
-                                generation,
-                                self.clock(),
-                            )
-                        )
-                        position = _later(position, prepared.page_max)
+                                break  # parsed pages are dropped uncommitted; the cursor stays
+                        inflight, group = self._submit(group, generation), None
+                        position = _later(position, inflight.page_max)
                 break
             except CursorExpiredError:
                 result.cursor_restarts += 1
@@ -252,8 +270,12 @@ class Poller:
                     listing_since = resumed if since is None else _later(since, resumed)
                 log.info("%s: listing cursor expired, listing again from since=%s", resource, listing_since)
             finally:
-                if pending is not None and pending.future is not None:
-                    self._settle(result, await pending.future, pending, report)
+                if inflight is not None:
+                    self._settle(result, await inflight.wait(), inflight, report)
+                if group is not None and not self._stop.is_set():
+                    last = self._submit(group, generation)
+                    position = _later(position, last.page_max)
+                    self._settle(result, await last.wait(), last, report)
         result.stopped = self._stop.is_set()
         finish = None
         if relist is not None and not result.stopped:
@@ -303,7 +325,15 @@ class Poller:
                 fresh = len(changes)
             else:
                 fresh = sum(1 for c in changes if c.updated_at > prev_cursor)
-        return _Pending(changes, page_max, fresh, len(page.records))
+        return _Pending(resource, changes, page_max, fresh, len(page.records))
+
+    def _submit(self, group: _Pending, generation: int | None) -> _Pending:
+        group.future = asyncio.wrap_future(
+            self.writer.submit(
+                _commit_page, group.resource, group.changes, group.page_max, generation, self.clock()
+            )
+        )
+        return group
 
     @staticmethod
     def _settle(
@@ -313,7 +343,7 @@ class Poller:
         report: ProgressReporter | None,
     ) -> None:
         batch, cursor = committed
-        result.pages += 1
+        result.pages += page.pages
         result.seen += len(page.changes)
         result.fresh += page.fresh
         result.applied += batch.written

@@ -163,7 +163,10 @@ async def test_first_sync_lists_everything_page_by_page(
     assert (result.pages, result.seen, result.fresh, result.applied) == (10, 1000, 1000, 1000)
     assert mirror_versions(tmp_path / "mirror.db", "orders") == truth
     assert recorder.events[0] == ("start", "orders", 0)
-    assert [e[2] for e in recorder.events if e[0] == "advance"] == [100] * 10
+    # One line per transaction; a writer that falls behind takes several pages at once.
+    advanced = [e[2] for e in recorder.events if e[0] == "advance"]
+    assert sum(advanced) == 1000
+    assert all(n % 100 == 0 for n in advanced)
     assert recorder.events[-1] == ("finish", "orders", 1000)
     # The cursor is the largest updatedAt the API sent, not the client's clock.
     conn = Store.open_reader(tmp_path / "mirror.db")
@@ -236,9 +239,14 @@ async def test_stop_commits_the_page_in_hand_and_returns(
         recorder.poller = poller
         result = await poller.poll("orders")
     assert result.stopped
-    assert result.pages == 2
-    assert len(mirror_versions(tmp_path / "mirror.db", "orders")) == 100
-    assert result.cursor == cursor_of(tmp_path / "mirror.db", "orders")
+    assert 2 <= result.pages < 10
+    assert result.seen == 50 * result.pages
+    mirror = mirror_versions(tmp_path / "mirror.db", "orders")
+    assert len(mirror) == result.seen
+    conn = Store.open_reader(tmp_path / "mirror.db")
+    newest = conn.execute('SELECT MAX("updatedAt") FROM orders').fetchone()[0]
+    conn.close()
+    assert result.cursor == cursor_of(tmp_path / "mirror.db", "orders") == newest
 
 
 def _age_sync(store: Store, resource: str) -> None:
