@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from typing import NamedTuple
 
+from syncd.inbox import replayable_transaction
 from syncd.metrics import Metrics
 from syncd.store import Store, Writer
 
@@ -31,7 +32,8 @@ class AuditRow(NamedTuple):
 
 
 def _write(store: Store, rows: list[AuditRow]) -> None:
-    with store.db.atomic():
+    # The trail may lose its last rows in a power cut, never an acknowledged delivery.
+    with replayable_transaction(store):
         store.add_audit(rows)
 
 

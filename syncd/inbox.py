@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import orjson
 
 from syncd.errors import StoreError, SyncdError
 from syncd.metrics import Metrics
@@ -61,12 +62,72 @@ class Delivery:
     headers: dict[str, str]
     body: bytes
     event_type: str | None = None
+    #: The body as the receiver parsed it; never stored, it spares the worker a second parse.
+    parsed: Any = field(default=None, repr=False, compare=False)
+
+
+class ParsedBodies:
+    """A bounded memo of parsed webhook bodies, from the receiver (which must parse every
+    body to check it) to the worker (which needs the same parse), so a body is parsed once
+    on its way to the mirror. A memo of a pure function: whoever misses parses the body
+    itself, so the bound, restarts and rows that came from disk change nothing but speed.
+    An entry is taken once; the oldest go first when the bound is reached."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self._max_bytes = max_bytes
+        self._items: dict[bytes, Any] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, body: bytes, parsed: Any) -> None:
+        if body in self._items:
+            return
+        self._items[body] = parsed
+        self._bytes += len(body)
+        while self._bytes > self._max_bytes:
+            oldest = next(iter(self._items))
+            del self._items[oldest]
+            self._bytes -= len(oldest)
+
+    def take(self, body: bytes) -> Any:
+        """The parse of `body` if it is here (then forgotten), else None."""
+        parsed = self._items.pop(body, None)
+        if parsed is not None:
+            self._bytes -= len(body)
+        return parsed
+
+
+#: The process's memo (the receiver's inbox fills it, the inbox worker drains it).
+parsed_bodies = ParsedBodies()
 
 
 @dataclass(slots=True)
 class _Waiting:
     delivery: Delivery
     future: asyncio.Future[SubmitResult] = field(repr=False)
+
+
+@contextlib.contextmanager
+def replayable_transaction(store: Store) -> Iterator[None]:
+    """One transaction committed without its own fsync (synchronous=NORMAL), for work that
+    can be redone from what is already durable: applying inbox rows (they are deleted in the
+    same transaction, so a lost commit leaves them to be applied again) and the audit trail.
+    WAL keeps commits in order and the next FULL commit (the next acknowledgement) syncs
+    everything before it, so this never weakens what an acknowledgement promises; it only
+    keeps the disk's flushes for acknowledgements. FULL is restored whatever happens."""
+    if store.conn.in_transaction:
+        # Joining a caller's transaction: its own commit decides how it is synced.
+        with store.db.atomic():
+            yield
+        return
+    store.conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with store.db.atomic():
+            yield
+    finally:
+        store.conn.execute("PRAGMA synchronous=FULL")
 
 
 def commit_deliveries(store: Store, deliveries: Sequence[Delivery]) -> list[SubmitResult]:
@@ -87,7 +148,13 @@ def commit_deliveries(store: Store, deliveries: Sequence[Delivery]) -> list[Subm
             known.add(d.event_id)
             results.append("accepted")
             inbox_rows.append(
-                (d.event_id, d.received_at, d.client, json.dumps(d.headers, sort_keys=True), d.body)
+                (
+                    d.event_id,
+                    d.received_at,
+                    d.client,
+                    orjson.dumps(d.headers, option=orjson.OPT_SORT_KEYS).decode(),
+                    d.body,
+                )
             )
             resource = resource_for_event(d.event_type) if d.event_type else None
             event_rows.append((d.event_id, d.event_type, resource, d.received_at, d.received_at))
@@ -220,7 +287,10 @@ class Inbox:
         self.committed += len(batch)
         accepted = 0
         for w, result in zip(batch, results, strict=True):
-            accepted += result == "accepted"
+            if result == "accepted":
+                accepted += 1
+                if w.delivery.parsed is not None:
+                    parsed_bodies.put(w.delivery.body, w.delivery.parsed)
             if not w.future.done():
                 w.future.set_result(result)
         if self._metrics is not None:

@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -74,6 +75,10 @@ _ERRORS = {
     429: b'{"error":"rate limited"}',
     503: b'{"error":"temporarily unavailable"}',
 }
+
+
+#: Response headers per response body (there are a dozen bodies), built once.
+_RESPONSE_HEADERS: dict[bytes, list[tuple[bytes, bytes]]] = {}
 
 
 def _in(address: str, networks: Sequence[Network]) -> bool:
@@ -132,6 +137,25 @@ class ReceiverSettings:
     @classmethod
     def build(cls, cfg: WebhookConfig, secrets: Sequence[str]) -> ReceiverSettings:
         return cls(cfg, make_verifier(cfg.scheme, tuple(secrets), tolerance=cfg.tolerance))
+
+
+#: orjson turns integers beyond 64 bits into floats, where the standard parser keeps them
+#: exact; a body with a run of 19 digits is parsed by the standard parser instead. Found by
+#: mapping every digit to "0" and anything else to a space: two C passes, no regex.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def _loads(body: bytes) -> Any:
+    """json.loads(body.decode("utf-8")), faster: orjson gives the same object for every body
+    it accepts without a long digit run, and every body it refuses (NaN, lone surrogates,
+    bad UTF-8, depth past 1024) goes to the standard parser, which decides and explains."""
+    if _LONG_RUN not in body.translate(_DIGITS_ONLY):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body.decode("utf-8"))
 
 
 def _json_depth_ok(obj: Any, limit: int) -> bool:
@@ -232,11 +256,14 @@ class WebhookReceiver:
         size: int = 0,
         headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
+        base = _RESPONSE_HEADERS.get(body)
+        if base is None:
+            base = _RESPONSE_HEADERS[body] = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers],
+                "headers": [*base, *headers] if headers else base,
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -287,7 +314,7 @@ class WebhookReceiver:
             result = s.verifier.verify(headers, body, now=self._clock())
             if not result.ok:
                 raise _Reject(401, f"signature:{result.reason}")
-            event_id, event_type = self._envelope(body)
+            event_id, event_type, parsed = self._envelope(body)
             delivery = Delivery(
                 event_id,
                 self._clock(),
@@ -295,6 +322,7 @@ class WebhookReceiver:
                 {k: headers[k] for k in AUDIT_HEADERS if k in headers},
                 body,
                 event_type,
+                parsed,
             )
             try:
                 outcome = await self._inbox.submit(delivery)
@@ -333,9 +361,9 @@ class WebhookReceiver:
                 return b"".join(chunks), size
 
     @staticmethod
-    def _envelope(body: bytes) -> tuple[str, str]:
+    def _envelope(body: bytes) -> tuple[str, str, dict[str, Any]]:
         try:
-            obj = json.loads(body.decode("utf-8"))
+            obj = _loads(body)
         except UnicodeDecodeError:
             raise _Reject(400, "not_utf8") from None
         except RecursionError:
@@ -344,7 +372,8 @@ class WebhookReceiver:
             raise _Reject(400, "malformed_json") from None
         if not isinstance(obj, dict):
             raise _Reject(400, "not_an_object")
-        if not _json_depth_ok(obj, MAX_JSON_DEPTH):
+        # Nesting needs one bracket per level, so few brackets (the usual case) need no walk.
+        if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and not _json_depth_ok(obj, MAX_JSON_DEPTH):
             raise _Reject(400, "json_too_deep")
         try:
             env = envelope_from_object(obj)
@@ -357,11 +386,30 @@ class WebhookReceiver:
             raise _Reject(400, reason) from None
         if len(env.event_id) > MAX_EVENT_ID_LENGTH:
             raise _Reject(400, "event_id_too_long")
-        return env.event_id, env.event_type
+        return env.event_id, env.event_type, obj
 
 
 class _Disconnected(Exception):
     """The client went away before the body was complete."""
+
+
+class _ReceiverApp(Starlette):
+    """Starlette, except that the webhook path goes straight to its endpoint. The endpoint
+    answers every outcome itself, so the middleware stack (error pages, exception
+    handlers, routing) would only add per-request work on the one path that carries load;
+    every other path, and the lifespan, go through Starlette as usual."""
+
+    def __init__(self, path: str, endpoint: WebhookReceiver, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fast_path = path
+        self._endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self._fast_path and not scope.get("root_path"):
+            scope["app"] = self
+            await self._endpoint(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_receiver_app(
@@ -389,7 +437,7 @@ def create_receiver_app(
         finally:
             await audit_log.stop()
 
-    app = Starlette(routes=[Route(cfg.path, endpoint=receiver)], lifespan=lifespan)
+    app = _ReceiverApp(cfg.path, receiver, routes=[Route(cfg.path, endpoint=receiver)], lifespan=lifespan)
     # Only the exact path exists: no redirect from "/path/" and every miss is audited.
     app.router.redirect_slashes = False
     app.router.default = receiver.not_found
@@ -411,8 +459,10 @@ def uvicorn_config(
     `webhook.tls_cert`/`tls_key` are set, and `fd` for a socket passed by systemd.
     Proxy headers are off: the receiver applies its own `trusted_proxies` rule."""
     kwargs: dict[str, Any] = {
-        "loop": "auto",
-        "http": "auto",
+        # uvloop and httptools (uvicorn[standard]): the C event loop and parser roughly
+        # halve the per-request cost of the pure-Python ones.
+        "loop": "uvloop",
+        "http": "httptools",
         "lifespan": "on",
         "access_log": False,
         "server_header": False,

@@ -23,9 +23,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from syncd.errors import RecordError
+from syncd.inbox import parsed_bodies, replayable_transaction
 from syncd.metrics import Metrics
 from syncd.reconcile import apply_batch
-from syncd.records import TEST_EVENT, Change, ThinRef, change_from_envelope, parse_envelope, parse_record
+from syncd.records import (
+    TEST_EVENT,
+    Change,
+    ThinRef,
+    change_from_envelope,
+    envelope_from_object,
+    parse_envelope,
+    parse_record,
+)
 from syncd.store import Store, Writer
 
 log = logging.getLogger("syncd.worker")
@@ -83,7 +92,8 @@ class EventProcessor:
     def _parse(self, item: Pending) -> Settled:
         event_type: str | None = None
         try:
-            env = parse_envelope(item.body)
+            parsed = parsed_bodies.take(item.body)
+            env = parse_envelope(item.body) if parsed is None else envelope_from_object(parsed)
             event_type = env.event_type
             meaning = change_from_envelope(env)
         except RecordError as exc:
@@ -142,7 +152,9 @@ def load_inbox(store: Store, after_seq: int, limit: int) -> list[Pending]:
 def settle(store: Store, settled: Sequence[Settled], now: float) -> list[str]:
     """Apply, record outcomes, dead-letter and dequeue, all in one transaction. Events left
     with RETRY are not touched. Returns each event's outcome."""
-    with store.db.atomic():
+    # Inbox rows can be applied again if this commit is lost; a dead letter's replay cannot.
+    from_inbox = all(s.item.seq is not None for s in settled)
+    with replayable_transaction(store) if from_inbox else store.db.atomic():
         done = [s for s in settled if s.outcome != RETRY]
         changes = [s for s in done if s.change is not None]
         if changes:
@@ -195,9 +207,11 @@ class InboxWorker:
         idle_timeout: float = 1.0,
         retry_delay: float = 1.0,
         max_retry_delay: float = 60.0,
+        busy_interval: float = 0.01,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._writer = writer
+        self._busy_interval = busy_interval
         self._processor = EventProcessor(client, fetch_thin=fetch_thin)
         self._metrics = metrics
         self._batch = batch
@@ -233,6 +247,12 @@ class InboxWorker:
                 rows = await self._writer.run(load_inbox, self._after_seq, self._batch)
                 if rows:
                     await self._process(rows)
+                    if len(rows) < self._batch and self._busy_interval > 0:
+                        # Deliveries keep coming: let them gather for a moment so the next
+                        # batch is larger. Fewer, larger transactions leave the writer (and
+                        # the GIL) to the acknowledgements; the pause bounds the added
+                        # event-to-mirror latency, and an idle worker still starts at once.
+                        await asyncio.sleep(self._busy_interval)
                     continue
             except Exception:
                 # The rows stay in the inbox; try again after a pause rather than spin.
