@@ -57,6 +57,24 @@ def content_of(change: Change) -> dict[str, Any]:
     }
 
 
+_ABSENT = object()
+
+
+def _matches(data: Mapping[str, Any], stored: Content) -> bool:
+    """`content_of(change) == stored` without building the dict: the duplicate check runs for
+    every record a poll's lookback re-reads, and most are equal."""
+    conv, plain, reserved = to_column_value, PLAIN_TYPES, RESERVED_FIELDS
+    get = stored.get
+    fields = 0
+    for key, value in data.items():
+        if value is None or key in reserved:
+            continue
+        fields += 1
+        if get(key, _ABSENT) != (value if type(value) in plain else conv(value)):
+            return False
+    return fields == len(stored)
+
+
 def digest(content: Content) -> bytes:
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
@@ -91,8 +109,10 @@ def _decide(stored: StoredState | None, change: Change, incoming: Content | None
             " needs the stored content"
         )
     if incoming is None:
+        if _matches(change.data, stored.content):
+            return Outcome.DUPLICATE
         incoming = content_of(change)
-    if incoming == stored.content:
+    elif incoming == stored.content:
         return Outcome.DUPLICATE
     if _outranks(AUTHORITY.get(change.source, 0), incoming, _stored_authority(stored), stored.content):
         return Outcome.CONFLICT
@@ -165,8 +185,7 @@ def plan_batch(changes: Sequence[Change], stored: Mapping[tuple[str, RecordId], 
     for i in winners.values() if repeated else range(len(changes)):
         change = changes[i]
         state = stored.get((change.resource, change.id))
-        same = state is not None and state.version == change.version and not state.deleted
-        outcome = outcomes[i] = _decide(state, change, content(i) if same else None)
+        outcome = outcomes[i] = _decide(state, change, contents.get(i))
         if outcome.writes:
             writes.append(i)
         elif (

@@ -360,14 +360,17 @@ class Store:
         return out
 
     def mirror_contents(self, resource: str, ids: Sequence[Any]) -> dict[Any, dict[str, Any]]:
+        """Field values of stored records (NULLs dropped), keyed by id."""
+        self._check_schema()
+        names = self._upsert(resource)[0]
+        col_sql = ", ".join(quote(n) for n in names)
         out: dict[Any, dict[str, Any]] = {}
         for chunk in _chunks(ids, 900):
             marks = ",".join("?" * len(chunk))
-            cur = self.conn.execute(f"SELECT * FROM {quote(resource)} WHERE id IN ({marks})", chunk)
-            keep = [(i, d[0]) for i, d in enumerate(cur.description) if d[0] not in RESERVED_FIELDS]
-            for row in cur:
-                content = {name: row[i] for i, name in keep if row[i] is not None}
-                out[content["id"]] = content
+            for row in self.conn.execute(
+                f"SELECT {col_sql} FROM {quote(resource)} WHERE id IN ({marks})", chunk
+            ):
+                out[row[0]] = {name: value for name, value in zip(names, row, strict=True) if value is not None}
         return out
 
     def write_records(
