@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from syncd.errors import StoreClosedError, StoreError
 from syncd.store import (
@@ -15,6 +17,8 @@ from syncd.store import (
     Writer,
     parse_iso,
     running_writer,
+    to_column_value,
+    to_json_text,
     utc_iso,
 )
 
@@ -429,3 +433,31 @@ def test_writer_start_reports_a_store_that_cannot_open(tmp_path: Path) -> None:
     writer = Writer(lambda: Store(path))
     with pytest.raises(StoreError, match=r"bad\.db"):
         writer.start()
+
+
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(),
+        lambda children: (
+            st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+        ),
+        max_leaves=8,
+    ).filter(lambda v: isinstance(v, list | dict))
+)
+def test_nested_values_become_canonical_json_text(value: Any) -> None:
+    text = to_column_value(value)
+    assert isinstance(text, str)
+    assert json.loads(text) == value
+    # Canonical: the same value, keys in any order, always gives the same text.
+    if isinstance(value, dict):
+        assert to_column_value(dict(reversed(list(value.items())))) == text
+
+
+def test_json_text_of_values_orjson_refuses() -> None:
+    assert to_json_text({"b": 2**70, "a": 1}) == '{"a":1,"b":1180591620717411303424}'
+    assert to_json_text(["\ud800"]) == '["\ud800"]'
+    assert to_json_text({"é": [1.5, None, True]}) == '{"é":[1.5,null,true]}'
