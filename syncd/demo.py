@@ -258,7 +258,9 @@ class Demo:
         sim = SimHandle(
             SimConfig(
                 seed=self.options.seed,
-                rate=self.options.rate,
+                # The workload starts once the daemon is ready (and, in push mode, registered),
+                # so no change happens that its webhook endpoint could not have been told of.
+                rate=0,
                 api_key="demo-" + secrets.token_hex(8),
                 max_lag=DEMO_MAX_LAG,
                 # Retries after 3 s, 15 s, 90 s ... so the demo shows them within a minute.
@@ -294,6 +296,7 @@ class Demo:
                     secret=secret,
                 )
                 sim.call(register)
+            sim.control({"rate": self.options.rate})
             yield sim, daemon, admin_url
         finally:
             daemon.stop()

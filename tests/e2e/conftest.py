@@ -316,6 +316,17 @@ class DaemonProcess:
         finally:
             conn.close()
 
+    def verify(self, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+        """`syncd verify` with this daemon's config, as an operator would run it."""
+        return subprocess.run(
+            [sys.executable, "-m", "syncd", "verify", "--config", str(self.config_path)],
+            env={**os.environ, "PETSTORE_API_KEY": API_KEY, "PETSTORE_WEBHOOK_SECRET": WEBHOOK_SECRET},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def metrics_text(self) -> str:
         return httpx.get(self.admin_url + "/metrics", timeout=5).raise_for_status().text
 
