@@ -66,6 +66,10 @@ class Delivery:
     parsed: Any = field(default=None, repr=False, compare=False)
 
 
+#: Commits that may wait for the writer at once: one being committed, one queued behind it.
+PIPELINE = 2
+
+
 class ParsedBodies:
     """A bounded memo of parsed webhook bodies, from the receiver (which must parse every
     body to check it) to the worker (which needs the same parse), so a body is parsed once
@@ -198,6 +202,9 @@ class Inbox:
         self._clock = clock
         self._waiting: list[_Waiting] = []
         self._in_flight = 0
+        #: Commits handed to the writer and not yet answered (at most PIPELINE).
+        self._commits: set[asyncio.Task[None]] = set()
+        self._slot = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -256,6 +263,8 @@ class Inbox:
         while True:
             if not self._waiting:
                 if self._stopping:
+                    if self._commits:
+                        await asyncio.wait(set(self._commits))
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -265,12 +274,24 @@ class Inbox:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._window)
+            while len(self._commits) >= PIPELINE:
+                self._slot.clear()
+                await self._slot.wait()
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
-            await self._commit(batch)
+            # The next batch may go to the writer while this one is being committed: the
+            # writer runs them in order, and meanwhile the event loop answers and reads
+            # requests instead of idling through the fsync.
+            task = asyncio.create_task(self._commit(batch))
+            self._commits.add(task)
+            task.add_done_callback(self._commit_done)
+
+    def _commit_done(self, task: asyncio.Task[None]) -> None:
+        self._commits.discard(task)
+        self._slot.set()
 
     async def _commit(self, batch: list[_Waiting]) -> None:
-        self._in_flight = len(batch)
+        self._in_flight += len(batch)
         deliveries = [w.delivery for w in batch]
         try:
             results = await self._writer.run(commit_deliveries, deliveries)
@@ -282,7 +303,7 @@ class Inbox:
                     w.future.set_exception(error)
             return
         finally:
-            self._in_flight = 0
+            self._in_flight -= len(batch)
         self.commits += 1
         self.committed += len(batch)
         accepted = 0

@@ -93,7 +93,7 @@ def resolve_client(peer: str, forwarded_for: str | None, trusted: Sequence[Netwo
     """The client address. X-Forwarded-For counts only when the direct peer is a trusted
     proxy; then the right-most address that is not itself a trusted proxy is the client
     (anything left of it could have been written by the client)."""
-    if not forwarded_for or not trusted or not _in(peer, trusted):
+    if not trusted or not forwarded_for or not _in(peer, trusted):
         return peer
     hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
     for hop in reversed(hops):
@@ -177,6 +177,8 @@ def _json_depth_ok(obj: Any, limit: int) -> bool:
 def _json_content_type(value: str | None) -> bool:
     if value is None:
         return False
+    if value == "application/json":  # what nearly every provider sends
+        return True
     media, *params = value.split(";")
     if media.strip().lower() != "application/json":
         return False

@@ -227,6 +227,8 @@ class InboxWorker:
         #: Events by outcome since start (the fallback logic reads how many webhooks applied).
         self.counts: Counter[str] = Counter()
         self.processed = 0
+        #: Transactions the worker has settled events in.
+        self.batches = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -278,6 +280,7 @@ class InboxWorker:
         settled = await self._processor.prepare(rows)
         now = self._clock()
         outcomes = await self._writer.run(settle, settled, now)
+        self.batches += 1
         self._after_seq = max(self._after_seq, rows[-1].seq or 0)
         retries = outcomes.count(RETRY)
         if retries:

@@ -172,3 +172,48 @@ async def test_commit_listeners_are_told_only_about_new_events(writer: Writer) -
     await inbox.stop()
     assert calls == [1]
     assert inbox.last_delivery_at is not None
+
+
+async def test_replayable_transactions_skip_the_fsync_but_restore_full(writer: Writer) -> None:
+    from syncd.inbox import replayable_transaction
+
+    def levels(store: Store) -> tuple[int, int, int]:
+        before = store.conn.execute("PRAGMA synchronous").fetchone()[0]
+        with replayable_transaction(store):
+            inside = store.conn.execute("PRAGMA synchronous").fetchone()[0]
+        return before, inside, store.conn.execute("PRAGMA synchronous").fetchone()[0]
+
+    def failing(store: Store) -> None:
+        with replayable_transaction(store):
+            store.conn.execute("INSERT INTO _meta (key, value) VALUES ('k', 'v')")
+            raise RuntimeError("boom")
+
+    assert await writer.run(levels) == (2, 1, 2)  # FULL, NORMAL, FULL again
+    with pytest.raises(RuntimeError, match="boom"):
+        await writer.run(failing)
+    # Rolled back, and acknowledgements are back to FULL.
+    assert await writer.run(lambda s: s.conn.execute("PRAGMA synchronous").fetchone()[0]) == 2
+    assert await writer.run(lambda s: s.get_meta("k")) is None
+
+
+async def test_committed_parses_reach_the_worker_once_and_the_memo_is_bounded(writer: Writer) -> None:
+    from syncd.inbox import ParsedBodies, parsed_bodies
+
+    inbox = Inbox(writer, window=0)
+    await inbox.start()
+    fresh = delivery("evt_parsed")
+    fresh.parsed = json.loads(fresh.body)
+    assert await inbox.submit(fresh) == "accepted"
+    again = delivery("evt_parsed")
+    again.parsed = {"not": "kept"}
+    assert await inbox.submit(again) == "duplicate"
+    await inbox.stop()
+    assert parsed_bodies.take(bytes(fresh.body)) == json.loads(fresh.body)
+    assert parsed_bodies.take(fresh.body) is None  # taken once
+
+    memo = ParsedBodies(max_bytes=100)
+    for i in range(5):
+        memo.put(b"x" * 30 + str(i).encode(), i)
+    assert len(memo) == 3  # the two oldest went first
+    assert memo.take(b"x" * 30 + b"0") is None
+    assert memo.take(b"x" * 30 + b"4") == 4
