@@ -352,8 +352,14 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
     assert "ExecStart=/usr/local/bin/syncd run --config /etc/syncd/config.toml\n" in text
     copy = tmp_path / "syncd.service"
     copy.write_text(text.replace("ExecStart=/usr/local/bin/syncd ", f"ExecStart={sys.executable} "))
+    # The optional socket unit activates this service; verify both together.
+    socket_unit = tmp_path / "syncd.socket"
+    socket_unit.write_text((UNIT.parent / "syncd.socket").read_text())
     out = subprocess.run(
-        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
+        ["systemd-analyze", "verify", str(socket_unit), str(copy)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     # Unknown or misspelt keys are only warnings (exit 0), so any output fails.
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
