@@ -1,4 +1,4 @@
-"""The SQLite store: schema and migrations, mirror tables, cursors, events, inbox, audit.
+"""The SQLite store: mirror tables, cursors, events, inbox, audit (schema: syncd.schema).
 
 One writer owns the connection. `Store` methods that write are only ever called on the
 `Writer` thread: other components hand it work with `await writer.run(fn, *args)` (from
@@ -14,57 +14,33 @@ WAL lets them read while the writer writes.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import json
-import queue
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
+from typing import Any, NamedTuple
 
-import orjson
 import sqlite_utils
 
-from syncd.errors import StoreClosedError, StoreError
+from syncd.errors import StoreError
 from syncd.records import AUTHORITY
 
-SCHEMA_VERSION = 4
-MIRROR_RESOURCES = ("orders", "customers", "inventory")
-BOOKKEEPING_COLUMNS = (
-    "_version",
-    "_source",
-    "_authority",
-    "_synced_at",
-    "_deleted",
-    "_deleted_at",
-    "_listed",
-)
-#: Record fields with these names cannot be mirrored: the columns hold bookkeeping.
-RESERVED_FIELDS = frozenset(BOOKKEEPING_COLUMNS)
-#: Contract fields, so the tables exist with sensible column order before the first record.
-CONTRACT_FIELDS: dict[str, tuple[str, ...]] = {
-    "orders": (
-        "customer",
-        "status",
-        "total",
-        "currency",
-        "items",
-        "createdAt",
-        "updatedAt",
-        "version",
-    ),
-    "customers": ("email", "name", "createdAt", "updatedAt", "version"),
-    "inventory": ("product", "quantity", "threshold", "updatedAt", "version"),
-}
-
-P = ParamSpec("P")
-T = TypeVar("T")
+# The schema and the writer thread live in their own modules; their names stay importable
+# from here, where the rest of syncd has always found them.
+from syncd.schema import BOOKKEEPING_COLUMNS as BOOKKEEPING_COLUMNS
+from syncd.schema import CONTRACT_FIELDS as CONTRACT_FIELDS
+from syncd.schema import MIGRATIONS as MIGRATIONS
+from syncd.schema import MIRROR_RESOURCES as MIRROR_RESOURCES
+from syncd.schema import PLAIN_TYPES as PLAIN_TYPES
+from syncd.schema import RESERVED_FIELDS as RESERVED_FIELDS
+from syncd.schema import SCHEMA_VERSION as SCHEMA_VERSION
+from syncd.schema import quote as quote
+from syncd.schema import to_column_value as to_column_value
+from syncd.schema import to_json_text as to_json_text
+from syncd.writer import Writer as Writer
 
 
 def utc_iso(ts: float | None = None) -> str:
@@ -76,127 +52,6 @@ def utc_iso(ts: float | None = None) -> str:
 def parse_iso(value: str) -> float:
     """RFC 3339 -> epoch seconds."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-#: Values SQLite stores as they are; checked by exact type first because this runs for every
-#: field of every record applied.
-PLAIN_TYPES = frozenset({str, float, type(None)})
-_INT_MIN, _INT_MAX = -(2**63), 2**63
-_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-
-
-def to_json_text(value: Any) -> str:
-    """Canonical JSON text of a nested value: sorted keys, compact, UTF-8. orjson is several
-    times faster than the json module for the small values records nest, and this runs for
-    every nested field of every record applied or compared. Values orjson refuses (integers
-    past 64 bits, lone surrogates) take the json module's way; either way one value always
-    gets the same text, which is what duplicate detection compares."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    except TypeError:
-        return _JSON.encode(value)
-
-
-def to_column_value(value: Any) -> Any:
-    """Top-level record value -> what SQLite stores. Nested values become JSON text."""
-    kind = type(value)
-    if kind is int:
-        # Beyond 64 bits SQLite cannot hold an integer; keep its digits as text.
-        return value if _INT_MIN <= value < _INT_MAX else str(value)
-    if kind in PLAIN_TYPES:
-        return value
-    if kind is list or kind is dict:
-        return to_json_text(value)
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return int(value) if _INT_MIN <= value < _INT_MAX else str(value)
-    if isinstance(value, str | float):
-        return value
-    return to_json_text(value)
-
-
-# -- migrations ---------------------------------------------------------------------------
-# Each step takes a database at version N-1 to N inside one transaction. Never edit a
-# released step: add a new one.
-
-
-def _migrate_1(db: sqlite_utils.Database) -> None:
-    db.execute("CREATE TABLE _meta (key TEXT PRIMARY KEY, value TEXT)")
-    db.execute(
-        "CREATE TABLE _cursors (resource TEXT PRIMARY KEY, cursor TEXT, last_poll_at REAL,"
-        " last_error TEXT, last_error_at REAL)"
-    )
-    db.execute(
-        "CREATE TABLE _events (event_id TEXT PRIMARY KEY, event_type TEXT, resource TEXT,"
-        " record_id TEXT, version INTEGER, outcome TEXT, first_seen REAL, last_seen REAL,"
-        " deliveries INTEGER NOT NULL DEFAULT 1)"
-    )
-    db.execute(
-        "CREATE TABLE _inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT,"
-        " received_at REAL, client TEXT, headers TEXT, body BLOB)"
-    )
-    db.execute(
-        "CREATE TABLE _dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT,"
-        " event_type TEXT, received_at REAL, reason TEXT, body BLOB)"
-    )
-    for resource, fields in CONTRACT_FIELDS.items():
-        cols = ", ".join(quote(f) for f in fields)
-        db.execute(
-            f"CREATE TABLE {resource} (id PRIMARY KEY, {cols}, _version INTEGER NOT NULL,"
-            " _source TEXT, _synced_at TEXT, _deleted INTEGER NOT NULL DEFAULT 0)"
-        )
-
-
-def _migrate_2(db: sqlite_utils.Database) -> None:
-    # Request audit, replay bookkeeping and processing time of events.
-    db.execute(
-        "CREATE TABLE _audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL, client TEXT,"
-        " method TEXT, path TEXT, status INTEGER, reason TEXT, event_id TEXT, body_size INTEGER)"
-    )
-    db.execute("CREATE INDEX _audit_at ON _audit (at)")
-    db.execute("ALTER TABLE _events ADD COLUMN processed_at REAL")
-    db.execute("CREATE INDEX _events_last_seen ON _events (last_seen)")
-    db.execute("ALTER TABLE _dead_letters ADD COLUMN replayed_at REAL")
-    db.execute("ALTER TABLE _dead_letters ADD COLUMN replay_outcome TEXT")
-
-
-def _migrate_3(db: sqlite_utils.Database) -> None:
-    # Full relists sweep by generation (bounded memory, no id set in RAM); tombstones record
-    # when they were set; cursors remember relists and per-resource totals.
-    for resource in MIRROR_RESOURCES:
-        db.execute(f"ALTER TABLE {resource} ADD COLUMN _deleted_at TEXT")
-        db.execute(f"ALTER TABLE {resource} ADD COLUMN _listed INTEGER NOT NULL DEFAULT 0")
-    db.execute("ALTER TABLE _cursors ADD COLUMN last_full_relist_at REAL")
-    db.execute("ALTER TABLE _cursors ADD COLUMN relist_generation INTEGER NOT NULL DEFAULT 0")
-    db.execute("ALTER TABLE _cursors ADD COLUMN last_changes INTEGER NOT NULL DEFAULT 0")
-    db.execute("ALTER TABLE _cursors ADD COLUMN last_success_at REAL")
-
-
-def _migrate_4(db: sqlite_utils.Database) -> None:
-    # Authority of the most authoritative source that has shown the stored state. `_source`
-    # keeps saying which path brought it first; a poll that confirms a webhook's copy raises
-    # only the authority, so a later same-version conflict is decided as if every copy had
-    # arrived in any other order.
-    for resource in MIRROR_RESOURCES:
-        db.execute(f"ALTER TABLE {resource} ADD COLUMN _authority INTEGER NOT NULL DEFAULT 0")
-        db.execute(
-            f"UPDATE {resource} SET _authority = CASE _source WHEN 'webhook' THEN 1"
-            " WHEN 'poll' THEN 2 WHEN 'fetch' THEN 2 ELSE 0 END"
-        )
-
-
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
-    _migrate_1,
-    _migrate_2,
-    _migrate_3,
-    _migrate_4,
-)
-assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 class StoredState(NamedTuple):
@@ -548,72 +403,6 @@ class Store:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-_STOP = object()
-
-
-class Writer:
-    """The single thread that owns the store's connection and runs handed-over work in order."""
-
-    def __init__(self, store_factory: Callable[[], Store]) -> None:
-        self._factory = store_factory
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._ready = threading.Event()
-        self._store: Store | None = None
-        self._error: BaseException | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._main, name="syncd-store-writer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-
-    def _main(self) -> None:
-        try:
-            self._store = self._factory()
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            fn, args, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(self._store, *args))
-            except BaseException as exc:
-                future.set_exception(exc)
-        self._store.close()
-
-    def submit(self, fn: Callable[Concatenate[Store, P], T], *args: Any) -> concurrent.futures.Future[T]:
-        if self._closed:
-            raise StoreClosedError()
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((fn, args, future))
-        return future
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(store, *args)` on the writer thread and wait (for threads and sync code)."""
-        return self.submit(fn, *args).result()
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(store, *args)` on the writer thread and await it (for asyncio code)."""
-        return await asyncio.wrap_future(self.submit(fn, *args))
-
-    def stop(self) -> None:
-        """Finish the work already handed over, then close the connection."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join()
 
 
 @contextmanager
