@@ -103,7 +103,7 @@ def test_second_signal_ends_a_slow_graceful_stop_at_once(
     sections["api"]["timeout"] = "60s"
     daemon = DaemonProcess(workdir, sections)
     try:
-        wait_until(lambda: sim.stats()["requests_total"] > 0, 30, what="a poll in flight")
+        wait_until(lambda: sim.stats()["api_faults"].get("hang", 0) > 0, 30, what="a poll held by a hang")
         daemon.signal(signal.SIGTERM)
         daemon.wait_log(lambda r: "stopping" in str(r.get("msg", "")), 10, what="the graceful stop")
         assert daemon.proc.poll() is None, "the hung poll should still be holding the graceful stop"
