@@ -470,12 +470,18 @@ def main() -> None:
         f"{sent['failed']} failed), max {max(samples) * 1000 if samples else float('nan'):.1f} ms",
     ]
     if real["acks_per_s"] < 0.85 * ceiling["acks_per_s"]:
+        cores = {
+            k: r["cpu_us_per_request"] * r["acks_per_s"] / 1e6 for k, r in (("bare", ceiling), ("real", real))
+        }
         notes.append(
-            f"ceiling target missed by {0.85 * ceiling['acks_per_s'] - real['acks_per_s']:.0f} acks/s: "
-            "besides the ack, each durable delivery costs an inbox commit (two row inserts), its share "
-            "of an fsync, the worker's apply (mirror upsert, _events update, inbox delete) and an "
-            "audit row, all in this one Python process on the two cores wrk also uses; the CPU per "
-            "request above shows the gap is that work, not waiting"
+            f"ceiling target missed by {0.85 * ceiling['acks_per_s'] - real['acks_per_s']:.0f} acks/s "
+            f"(ratio {real['acks_per_s'] / ceiling['acks_per_s']:.2f} of 0.85). Two causes: work, "
+            f"{real['cpu_us_per_request'] / ceiling['cpu_us_per_request']:.1f}x the ceiling's CPU per "
+            "request (an inbox commit of two rows, a share of an fsync, the worker's apply: mirror "
+            "upsert, _events update, inbox delete; an audit row), all in one Python process whose "
+            f"threads share the GIL; and serialisation, the server used {cores['real']:.2f} cores "
+            f"against the ceiling's {cores['bare']:.2f}: while the single writer commits, the "
+            "connections waiting on that commit leave the event loop idle"
         )
     if args.quick:
         notes.append("--quick: 2 s runs, figures are indicative only")
