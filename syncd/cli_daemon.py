@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 
 import click
 from rich.console import Console
@@ -21,7 +22,19 @@ def run(config_path: str | None) -> None:
     """Run the daemon until SIGTERM/SIGINT (SIGHUP reloads the config)."""
     cfg = load(config_path)
     redactor = setup_logging(cfg.log, secrets=secret_values(cfg))
-    sys.exit(asyncio.run(Daemon(cfg, redactor=redactor).serve()))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        code = runner.run(Daemon(cfg, redactor=redactor).serve())
+    sys.exit(code)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (uvicorn[standard] brings it): the receiver answers about twice as
+    many deliveries per CPU second on it. uvicorn picks it only when it runs the loop itself."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 @click.command("status")
