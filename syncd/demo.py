@@ -21,19 +21,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from syncd.config import load_config
+from syncd.demo_report import RunResult, compare_table, drift, latencies, verdict
+from syncd.errors import SyncdError
 from syncd.records import KNOWN_EVENTS
 from syncd.sim.config import FaultConfig, SimConfig
 from syncd.sim.server import SimHandle
-from syncd.store import MIRROR_RESOURCES, parse_iso
+from syncd.status import collect_status
 
 #: Largest visibility lag the demo's simulator uses; the daemon's lookback must exceed it.
 DEMO_MAX_LAG = 2.0
@@ -48,25 +52,6 @@ class DemoOptions:
     seed: int = 1
     poll_interval: float = 10.0
     converge_timeout: float = 90.0
-
-
-@dataclass
-class RunResult:
-    mode: str
-    db: Path
-    changes: int
-    api_requests: int
-    bytes_received: int
-    latencies: list[float]
-    drift: dict[str, dict[str, int]]
-    verify_exit: int | None
-    verify_report: dict[str, Any] | None
-    events_delivered: int
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def total_drift(self) -> int:
-        return sum(sum(v.values()) for v in self.drift.values())
 
 
 def free_port() -> int:
@@ -166,82 +151,38 @@ class DaemonProcess:
         return self.proc.returncode
 
 
-def read_mirror(db: Path) -> dict[str, Any]:
-    """Counts an operator would look at, from a read-only connection."""
-    out: dict[str, Any] = {"resources": {}, "events": {}, "mode": None, "mode_reason": None}
-    if not db.exists():
-        return out
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        conn.execute("PRAGMA busy_timeout=2000")
-        now = time.time()
-        for r in MIRROR_RESOURCES:
-            live, deleted, by_poll = conn.execute(
-                f"SELECT COUNT(*) - COALESCE(SUM(_deleted), 0), COALESCE(SUM(_deleted), 0),"
-                f" COALESCE(SUM(_source = 'poll'), 0) FROM {r}"
-            ).fetchone()
-            row = conn.execute("SELECT cursor FROM _cursors WHERE resource=?", (r,)).fetchone()
-            lag = now - parse_iso(row[0]) if row and row[0] else None
-            out["resources"][r] = {"live": live, "deleted": deleted, "by_poll": by_poll, "cursor_lag": lag}
-        out["events"] = dict(
-            conn.execute("SELECT outcome, COUNT(*) FROM _events GROUP BY outcome").fetchall()
-        )
-        out["duplicate_deliveries"] = conn.execute(
-            "SELECT COALESCE(SUM(deliveries - 1), 0) FROM _events"
-        ).fetchone()[0]
-        meta = dict(conn.execute("SELECT key, value FROM _meta").fetchall())
-        out["mode"] = meta.get("mode")
-        out["mode_reason"] = meta.get("mode_reason")
-    except sqlite3.OperationalError:
-        # Tables appear as the daemon migrates; the next refresh will see them.
-        pass
-    finally:
-        conn.close()
-    return out
+@dataclass
+class Observed:
+    """What an operator sees of the daemon: `syncd status` and the admin `/metrics`."""
+
+    status: dict[str, Any] | None
+    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        want = set(labels.items())
+        return sum(v for (n, ls), v in self.metrics.items() if n == name and want <= set(ls))
 
 
-def drift(truth: dict[str, dict[str, int]], db: Path) -> dict[str, dict[str, int]]:
-    """missing / stale / extra per resource, mirror against the simulator's ground truth."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        out = {}
-        for r in MIRROR_RESOURCES:
-            mirror = {
-                str(rid): v for rid, v in conn.execute(f"SELECT id, _version FROM {r} WHERE _deleted = 0")
-            }
-            want = truth.get(r, {})
-            out[r] = {
-                "missing": sum(1 for k in want if k not in mirror),
-                "stale": sum(1 for k, v in want.items() if k in mirror and mirror[k] < v),
-                "extra": sum(1 for k in mirror if k not in want),
-            }
-        return out
-    finally:
-        conn.close()
+def observe(config: Path, admin_url: str) -> Observed:
+    status: dict[str, Any] | None = None
+    with contextlib.suppress(SyncdError, sqlite3.Error):
+        # Before the daemon has created its store there is nothing to report yet.
+        status = collect_status(load_config(config, require_secrets=False))
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    with contextlib.suppress(httpx.HTTPError):
+        text = httpx.get(f"{admin_url}/metrics", timeout=2).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return Observed(status, samples)
 
 
-def latencies(db: Path, since: float) -> list[float]:
-    """Change-to-mirror latency of the last version of every record changed since `since`:
-    when the daemon wrote it minus the upstream's updatedAt (both from this machine's clock)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        out = []
-        for r in MIRROR_RESOURCES:
-            for updated, synced in conn.execute(
-                f"SELECT updatedAt, _synced_at FROM {r} WHERE _synced_at IS NOT NULL"
-            ):
-                if updated and synced and parse_iso(updated) >= since:
-                    out.append(max(0.0, parse_iso(synced) - parse_iso(updated)))
-        return out
-    finally:
-        conn.close()
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+@dataclass(frozen=True)
+class DemoEnv:
+    config: Path
+    admin_url: str
+    daemon: DaemonProcess
 
 
 class Demo:
@@ -251,9 +192,7 @@ class Demo:
         self.interactive = console.is_terminal
 
     @contextlib.contextmanager
-    def _environment(
-        self, mode: str, workdir: Path, db: Path
-    ) -> Iterator[tuple[SimHandle, DaemonProcess, str]]:
+    def _environment(self, mode: str, workdir: Path, db: Path) -> Iterator[tuple[SimHandle, DemoEnv]]:
         faults = FaultConfig.preset(self.options.faults)
         sim = SimHandle(
             SimConfig(
@@ -297,14 +236,14 @@ class Demo:
                 )
                 sim.call(register)
             sim.control({"rate": self.options.rate})
-            yield sim, daemon, admin_url
+            yield sim, DemoEnv(config, admin_url, daemon)
         finally:
             daemon.stop()
             sim.stop()
 
-    def _snapshot_table(self, mode: str, sim: SimHandle, db: Path, started: float) -> Table:
+    def _snapshot_table(self, mode: str, sim: SimHandle, env: DemoEnv, started: float) -> Table:
         stats = sim.call(sim.simulator.stats.snapshot)
-        mirror = read_mirror(db)
+        seen = observe(env.config, env.admin_url)
         elapsed = max(time.monotonic() - started, 1e-3)
         table = Table(
             title=f"syncd demo: {mode} mode, {elapsed:.0f}s of {self.options.duration:.0f}s", expand=False
@@ -312,45 +251,48 @@ class Demo:
         table.add_column("what")
         table.add_column("value", justify="right")
         events = stats["events_total"]
-        table.add_row("events generated (per s)", f"{events} ({events / elapsed:.1f}/s)")
-        table.add_row("webhooks acknowledged", str(stats["webhooks"].get("succeeded", 0)))
+        table.add_row("events generated upstream (per s)", f"{events} ({events / elapsed:.1f}/s)")
         table.add_row("webhooks dropped by the upstream", str(stats["webhooks"].get("dropped", 0)))
-        table.add_row("API requests", str(stats["requests_total"]))
-        mode_text = mirror.get("mode") or mode
-        if mirror.get("mode_reason"):
-            mode_text += f" ({mirror['mode_reason']})"
-        table.add_row("daemon mode", mode_text)
-        ev = mirror.get("events", {})
+        table.add_row(
+            "webhooks acknowledged by syncd",
+            f"{seen.metric('syncd_webhook_requests_total', status='200'):.0f}",
+        )
+        table.add_row("API requests by syncd", f"{seen.metric('syncd_api_requests_total'):.0f}")
+        if seen.status is not None:
+            current = seen.status["mode"]
+            table.add_row("daemon mode", f"{current['current'] or mode} ({current['reason'] or '-'})")
         table.add_row(
             "duplicate deliveries dropped",
-            str(mirror.get("duplicate_deliveries", 0) + ev.get("duplicate", 0)),
+            f"{seen.metric('syncd_webhook_requests_total', reason='duplicate') + seen.metric('syncd_events_total', outcome='duplicate'):.0f}",
         )
-        table.add_row("stale changes dropped", str(ev.get("stale", 0)))
-        recovered = sum(r["by_poll"] for r in mirror["resources"].values())
-        table.add_row("records whose current version came by polling", str(recovered))
-        for r, info in mirror["resources"].items():
-            lag = "-" if info["cursor_lag"] is None else f"{info['cursor_lag']:.1f}s"
+        table.add_row("stale changes dropped", f"{seen.metric('syncd_records_total', outcome='stale'):.0f}")
+        table.add_row(
+            "changes recovered by polling (webhooks missed them)",
+            f"{seen.metric('syncd_records_total', source='poll', outcome='applied'):.0f}",
+        )
+        for r, info in (seen.status or {}).get("resources", {}).items():
+            lag = "-" if info["lag_seconds"] is None else f"{info['lag_seconds']:.1f}s"
             table.add_row(
-                f"mirror {r} (live / deleted, cursor lag)", f"{info['live']} / {info['deleted']}, {lag}"
+                f"mirror {r} (live / deleted, cursor lag)", f"{info['live']} / {info['tombstoned']}, {lag}"
             )
         return table
 
     def run_once(self, mode: str, workdir: Path, db: Path) -> RunResult:
-        with self._environment(mode, workdir, db) as (sim, daemon, _admin):
+        with self._environment(mode, workdir, db) as (sim, env):
             started, started_wall = time.monotonic(), time.time()
             deadline = started + self.options.duration
             if self.interactive:
                 with Live(
-                    self._snapshot_table(mode, sim, db, started), console=self.console, refresh_per_second=2
+                    self._snapshot_table(mode, sim, env, started), console=self.console, refresh_per_second=2
                 ) as live:
                     while time.monotonic() < deadline:
                         time.sleep(0.5)
-                        live.update(self._snapshot_table(mode, sim, db, started))
+                        live.update(self._snapshot_table(mode, sim, env, started))
             else:
                 next_line = started
                 while time.monotonic() < deadline:
                     if time.monotonic() >= next_line:
-                        self._log_line(mode, sim, db, started)
+                        self._log_line(mode, sim, env, started)
                         next_line += 5.0
                     time.sleep(0.2)
             self.console.print(
@@ -361,7 +303,7 @@ class Demo:
             sim.control({"action": "quiesce", "timeout": 30.0, "drop_retries": True})
             truth = self._converge(sim, db)
             stats = sim.call(sim.simulator.stats.snapshot)
-            verify_exit, report = self._verify(workdir / f"{mode}.toml", sim.api_key, daemon)
+            verify_exit, report = self._verify(env.config, sim.api_key)
         api_requests = sum(
             n for route, n in stats["requests"].items() if not route.split()[1].startswith("/_sim")
         )
@@ -378,14 +320,17 @@ class Demo:
             events_delivered=stats["webhooks"].get("succeeded", 0),
         )
 
-    def _log_line(self, mode: str, sim: SimHandle, db: Path, started: float) -> None:
+    def _log_line(self, mode: str, sim: SimHandle, env: DemoEnv, started: float) -> None:
         stats = sim.call(sim.simulator.stats.snapshot)
-        mirror = read_mirror(db)
-        counts = ", ".join(f"{r}={i['live']}" for r, i in mirror["resources"].items())
+        seen = observe(env.config, env.admin_url)
+        resources = (seen.status or {}).get("resources", {})
+        counts = ", ".join(f"{r}={i['live']}" for r, i in resources.items())
+        current = (seen.status or {}).get("mode", {}).get("current") or mode
         self.console.print(
             f"[{mode}] t={time.monotonic() - started:.0f}s events={stats['events_total']}"
-            f" acked={stats['webhooks'].get('succeeded', 0)} api_requests={stats['requests_total']}"
-            f" mode={mirror.get('mode') or mode} mirror: {counts}",
+            f" acked={seen.metric('syncd_webhook_requests_total', status='200'):.0f}"
+            f" api_requests={seen.metric('syncd_api_requests_total'):.0f}"
+            f" mode={current} mirror: {counts}",
             highlight=False,
             markup=False,
             soft_wrap=True,
@@ -405,9 +350,7 @@ class Demo:
                 return truth
             time.sleep(0.5)
 
-    def _verify(
-        self, config: Path, api_key: str, daemon: DaemonProcess
-    ) -> tuple[int | None, dict[str, Any] | None]:
+    def _verify(self, config: Path, api_key: str) -> tuple[int | None, dict[str, Any] | None]:
         env = {**os.environ, "SYNCD_DEMO_API_KEY": api_key, "SYNCD_DEMO_WEBHOOK_SECRET": "unused"}
         proc = subprocess.run(
             [sys.executable, "-m", "syncd", "verify", "--config", str(config), "--json"],
@@ -425,67 +368,6 @@ class Demo:
             )
             return proc.returncode, None
 
-    def verdict(self, result: RunResult) -> Table:
-        """`syncd verify`'s report per resource (mirror against a full listing of the API), and
-        beside it the check against the simulator's ground truth."""
-        table = Table(title=f"Verdict ({result.mode} mode): syncd verify, mirror against a full listing")
-        for col in ("resource", "listed", "mirror", "missing", "stale", "extra", "verify", "ground truth"):
-            table.add_column(
-                col, justify="left" if col in ("resource", "verify", "ground truth") else "right"
-            )
-        reports = (result.verify_report or {}).get("resources", {})
-        for r, d in result.drift.items():
-            rep = reports.get(r)
-            truth_ok = not sum(d.values())
-            truth = "[green]matches[/]" if truth_ok else f"[red]drift ({sum(d.values())})[/]"
-            if rep is None:
-                table.add_row(r, "-", "-", "-", "-", "-", "[red]no report[/]", truth)
-                continue
-            table.add_row(
-                r,
-                str(rep["listed"]),
-                str(rep["mirror_live"]),
-                str(rep["missing"]["count"]),
-                str(rep["stale"]["count"]),
-                str(rep["extra"]["count"]),
-                "[green]matches[/]" if rep["ok"] else "[red]drift[/]",
-                truth,
-            )
-        return table
-
-
-def compare_table(push: RunResult, poll: RunResult) -> Table:
-    table = Table(title="push (webhooks + safety poll) versus poll-only, same seeded workload")
-    table.add_column("measure")
-    table.add_column("push", justify="right")
-    table.add_column("poll", justify="right")
-
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v * 1000:.0f} ms"
-
-    rows = [
-        ("changes made upstream", str(push.changes), str(poll.changes)),
-        ("API requests made", str(push.api_requests), str(poll.api_requests)),
-        (
-            "requests per change",
-            f"{push.api_requests / max(push.changes, 1):.3f}",
-            f"{poll.api_requests / max(poll.changes, 1):.3f}",
-        ),
-        ("webhook deliveries received", str(push.events_delivered), str(poll.events_delivered)),
-        ("bytes transferred to syncd", f"{push.bytes_received:,}", f"{poll.bytes_received:,}"),
-        ("change-to-mirror p50", ms(percentile(push.latencies, 0.5)), ms(percentile(poll.latencies, 0.5))),
-        ("change-to-mirror p99", ms(percentile(push.latencies, 0.99)), ms(percentile(poll.latencies, 0.99))),
-        (
-            "change-to-mirror max",
-            ms(max(push.latencies, default=None)),
-            ms(max(poll.latencies, default=None)),
-        ),
-        ("final drift (records)", str(push.total_drift), str(poll.total_drift)),
-    ]
-    for row in rows:
-        table.add_row(*row)
-    return table
-
 
 def run_demo(options: DemoOptions, *, compare: bool, console: Console | None = None) -> int:
     console = console or Console()
@@ -495,14 +377,14 @@ def run_demo(options: DemoOptions, *, compare: bool, console: Console | None = N
         if compare:
             push = demo.run_once("push", workdir, workdir / "push.db")
             poll = demo.run_once("poll", workdir, workdir / "poll.db")
-            console.print(Group(demo.verdict(push), demo.verdict(poll), compare_table(push, poll)))
+            console.print(Group(verdict(push), verdict(poll), compare_table(push, poll)))
             return 0 if push.total_drift == 0 and poll.total_drift == 0 else 1
         db = options.db or workdir / "mirror.db"
         result = demo.run_once("push", workdir, db)
     except KeyboardInterrupt:
         console.print("\ninterrupted: the daemon and the simulator were stopped cleanly")
         return 130
-    console.print(demo.verdict(result))
+    console.print(verdict(result))
     console.print(
         f"\nThe mirror is at {result.db} (daemon log and config in {workdir}). Query it with\n"
         f"  sqlite-utils rows {result.db} orders --limit 5\n"
