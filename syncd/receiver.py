@@ -15,12 +15,10 @@ Response objects, which keeps the receiver close to the framework's ceiling.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,8 +30,9 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from syncd.admission import RateLimiter, in_networks, json_content_type, resolve_client
 from syncd.audit import AuditLog, AuditRow
-from syncd.config import Network, WebhookConfig
+from syncd.config import WebhookConfig
 from syncd.errors import ConfigError, RecordError
 from syncd.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
 from syncd.metrics import Metrics
@@ -81,52 +80,6 @@ _ERRORS = {
 _RESPONSE_HEADERS: dict[bytes, list[tuple[bytes, bytes]]] = {}
 
 
-def _in(address: str, networks: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
-
-
-def resolve_client(peer: str, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
-    """The client address. X-Forwarded-For counts only when the direct peer is a trusted
-    proxy; then the right-most address that is not itself a trusted proxy is the client
-    (anything left of it could have been written by the client)."""
-    if not trusted or not forwarded_for or not _in(peer, trusted):
-        return peer
-    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _in(hop, trusted):
-            return hop
-    return hops[0] if hops else peer
-
-
-class RateLimiter:
-    """Token bucket per client (burst = one second's worth), over a bounded LRU of clients."""
-
-    def __init__(self, rate: float, *, max_clients: int = 10_000) -> None:
-        self.rate = rate
-        self._max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def set_rate(self, rate: float) -> None:
-        self.rate = rate
-
-    def check(self, client: str, now: float) -> float | None:
-        """None when allowed; otherwise the seconds until a token is available."""
-        burst = max(1.0, self.rate)
-        tokens, last = self._buckets.pop(client, (burst, now))
-        tokens = min(burst, tokens + max(0.0, now - last) * self.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[client] = (tokens, now)
-        if len(self._buckets) > self._max_clients:
-            self._buckets.popitem(last=False)
-        return None if allowed else (1.0 - tokens) / self.rate
-
-
 @dataclass(frozen=True, slots=True)
 class ReceiverSettings:
     """Everything a SIGHUP may change, swapped as one object."""
@@ -171,21 +124,6 @@ def _json_depth_ok(obj: Any, limit: int) -> bool:
         if depth > limit:
             return False
         stack.extend((child, depth + 1) for child in children)
-    return True
-
-
-def _json_content_type(value: str | None) -> bool:
-    if value is None:
-        return False
-    if value == "application/json":  # what nearly every provider sends
-        return True
-    media, *params = value.split(";")
-    if media.strip().lower() != "application/json":
-        return False
-    for param in params:
-        name, _, val = param.partition("=")
-        if name.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            return False
     return True
 
 
@@ -300,14 +238,14 @@ class WebhookReceiver:
         size = 0
         event_id: str | None = None
         try:
-            if cfg.allow_ips and not _in(client, cfg.allow_ips):
+            if cfg.allow_ips and not in_networks(client, cfg.allow_ips):
                 raise _Reject(403, "ip_not_allowed")
             wait = self.limiter.check(client, self._clock())
             if wait is not None:
                 raise _Reject(429, "rate_limited", [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
             if scope["method"] != "POST":
                 raise _Reject(405, "method_not_allowed", [(b"allow", b"POST")])
-            if not _json_content_type(headers.get("content-type")):
+            if not json_content_type(headers.get("content-type")):
                 raise _Reject(415, "unsupported_media_type")
             announced = headers.get("content-length")
             if announced is not None and (not announced.isdigit() or int(announced) > cfg.max_body):

@@ -18,9 +18,10 @@ import pytest
 import respx
 from click.testing import CliRunner
 
+from syncd.admission import RateLimiter, resolve_client
 from syncd.cli import main
 from syncd.config import WebhookConfig
-from syncd.receiver import RateLimiter, resolve_client, uvicorn_config
+from syncd.receiver import uvicorn_config
 from syncd.worker import InboxWorker
 from tests.webhook_support import PATH, SECRET, envelope, read_db, running_receiver, signed_headers
 
