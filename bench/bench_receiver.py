@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from syncd.sim.server import free_port
+
 SECRET = "bench-secret"
 PATH = "/webhooks/petstore"
 LUA = r"""
@@ -199,12 +201,6 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
 
 
 # -- driver -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

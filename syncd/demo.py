@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from syncd.demo_report import RunResult, compare_table, drift, latencies, verdic
 from syncd.errors import SyncdError
 from syncd.records import KNOWN_EVENTS
 from syncd.sim.config import FaultConfig, SimConfig
-from syncd.sim.server import SimHandle
+from syncd.sim.server import SimHandle, free_port
 from syncd.status import collect_status
 
 #: Largest visibility lag the demo's simulator uses; the daemon's lookback must exceed it.
@@ -52,13 +51,6 @@ class DemoOptions:
     seed: int = 1
     poll_interval: float = 10.0
     converge_timeout: float = 90.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_config(

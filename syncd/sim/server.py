@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -38,6 +39,15 @@ def uvicorn_config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
         # A request parked by the hang fault must not hold shutdown for its full duration.
         timeout_graceful_shutdown=1,
     )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now, for a server that must know its port before
+    it starts (a daemon's config, a webhook URL registered ahead)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def bound_port(server: uvicorn.Server) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from syncd.sim.server import free_port
 from syncd.store import parse_iso
 from tests.e2e.conftest import API_KEY, DaemonProcess, SimProcess, wait_until
 
@@ -23,13 +23,6 @@ KILLS = int(os.environ.get("SYNCD_CHAOS_KILLS", "20"))
 LOOKBACK = 2.0
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def listing(sim: SimProcess, resource: str) -> list[dict[str, Any]]:
