@@ -389,8 +389,16 @@ class Demo:
             return proc.returncode, None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(options: DemoOptions, *, compare: bool, console: Console | None = None) -> int:
     console = console or Console()
+    # The daemon child runs in its own session, so a closed terminal (SIGHUP) or a kill
+    # (SIGTERM) reaches only the demo: take the Ctrl-C path, which stops the child too.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     demo = Demo(options, console)
     workdir = Path(tempfile.mkdtemp(prefix="syncd-demo-"))
     try:
