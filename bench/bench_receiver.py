@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from syncd.signatures import sign
 from syncd.sim.server import free_port
 
 SECRET = "bench-secret"
@@ -91,7 +92,8 @@ def body_for(i: int, prefix: str) -> bytes:
 
 
 def signature(body: bytes) -> str:
-    return hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    """The petstore scheme's X-Webhook-Signature, as the provider (and the simulator) signs."""
+    return sign("petstore", SECRET, body, msg_id="", timestamp=0)["X-Webhook-Signature"]
 
 
 # -- servers (run in a child process) ---------------------------------------------------------
