@@ -30,7 +30,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from syncd.config import load_config
+from syncd.config import Config, load_config
 from syncd.demo_report import RunResult, compare_table, drift, latencies, verdict
 from syncd.errors import SyncdError
 from syncd.records import KNOWN_EVENTS
@@ -168,11 +168,11 @@ class Observed:
         return sum(v for (n, ls), v in self.metrics.items() if n == name and want <= set(ls))
 
 
-def observe(config: Path, admin_url: str) -> Observed:
+def observe(settings: Config, admin_url: str) -> Observed:
     status: dict[str, Any] | None = None
     with contextlib.suppress(SyncdError, sqlite3.Error):
         # Before the daemon has created its store there is nothing to report yet.
-        status = collect_status(load_config(config, require_secrets=False))
+        status = collect_status(settings)
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     with contextlib.suppress(httpx.HTTPError):
         text = httpx.get(f"{admin_url}/metrics", timeout=2).text
@@ -185,6 +185,8 @@ def observe(config: Path, admin_url: str) -> Observed:
 @dataclass(frozen=True)
 class DemoEnv:
     config: Path
+    settings: Config
+    """The config, read once, for `syncd status` reads (secrets not needed)."""
     admin_url: str
     daemon: DaemonProcess
     initial_sync: float
@@ -233,7 +235,8 @@ class Demo:
         admin_url = f"http://127.0.0.1:{admin_port}"
         try:
             daemon.wait_ready(admin_url)
-            initial = self._wait_initial_sync(config, admin_url)
+            settings = load_config(config, require_secrets=False)
+            initial = self._wait_initial_sync(settings, admin_url)
             if mode == "push":
                 register = functools.partial(
                     sim.simulator.webhooks.register,
@@ -243,17 +246,17 @@ class Demo:
                 )
                 sim.call(register)
             sim.control({"rate": self.options.rate})
-            yield sim, DemoEnv(config, admin_url, daemon, initial)
+            yield sim, DemoEnv(config, settings, admin_url, daemon, initial)
         finally:
             daemon.stop()
             sim.stop()
 
-    def _wait_initial_sync(self, config: Path, admin_url: str, timeout: float = 60.0) -> float:
+    def _wait_initial_sync(self, settings: Config, admin_url: str, timeout: float = 60.0) -> float:
         """Wait until every resource has a cursor (its first full listing committed); returns
         how many records that listing wrote."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            seen = observe(config, admin_url)
+            seen = observe(settings, admin_url)
             resources = (seen.status or {}).get("resources", {})
             if resources and all(r["cursor"] for r in resources.values()):
                 return seen.metric("syncd_records_total", source="poll", outcome="applied")
@@ -262,7 +265,7 @@ class Demo:
 
     def _snapshot_table(self, mode: str, sim: SimHandle, env: DemoEnv, started: float) -> Table:
         stats = sim.call(sim.simulator.stats.snapshot)
-        seen = observe(env.config, env.admin_url)
+        seen = observe(env.settings, env.admin_url)
         elapsed = max(time.monotonic() - started, 1e-3)
         table = Table(
             title=f"syncd demo: {mode} mode, {elapsed:.0f}s of {self.options.duration:.0f}s", expand=False
@@ -342,7 +345,7 @@ class Demo:
 
     def _log_line(self, mode: str, sim: SimHandle, env: DemoEnv, started: float) -> None:
         stats = sim.call(sim.simulator.stats.snapshot)
-        seen = observe(env.config, env.admin_url)
+        seen = observe(env.settings, env.admin_url)
         resources = (seen.status or {}).get("resources", {})
         counts = ", ".join(f"{r}={i['live']}" for r, i in resources.items())
         current = (seen.status or {}).get("mode", {}).get("current") or mode
