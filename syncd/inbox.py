@@ -1,10 +1,13 @@
 """The durable webhook inbox: a delivery is acknowledged only once its row is committed.
 
 Group commit. Concurrent deliveries wait in one bounded list; a single flusher task takes
-what arrived within `window` seconds (or `max_batch` of them) and commits it in one writer
-job, one transaction, one fsync, then resolves every waiter. While a commit is running the
-next batch accumulates, so under load the batch size follows the arrival rate and the
-number of transactions stays near the number of fsyncs the disk can do.
+everything waiting (up to `max_batch`) as soon as the previous commit is done and commits
+it in one writer job, one transaction, one fsync, then resolves every waiter. Deliveries
+that arrive while a commit runs form the next batch, so under load the batch size follows
+the arrival rate and the number of transactions stays near the number of fsyncs the disk
+can do, while a lone delivery is committed at once: no timer adds latency, and the event
+loop never idles waiting for a batch to fill. (An optional `window` waits a little longer
+for company before each commit, for disks whose fsyncs are expensive.)
 
 Deduplication. The same event id is acknowledged once per delivery but stored once: an id
 already in `_events` (or earlier in the same batch) only bumps `deliveries`/`last_seen`.
@@ -27,7 +30,7 @@ import orjson
 from syncd.errors import StoreError, SyncdError
 from syncd.metrics import Metrics
 from syncd.records import resource_for_event
-from syncd.store import Store, Writer
+from syncd.store import Store, Writer, insert_values
 
 log = logging.getLogger("syncd.inbox")
 
@@ -64,10 +67,6 @@ class Delivery:
     event_type: str | None = None
     #: The body as the receiver parsed it; never stored, it spares the worker a second parse.
     parsed: Any = field(default=None, repr=False, compare=False)
-
-
-#: Commits that may wait for the writer at once: one being committed, one queued behind it.
-PIPELINE = 2
 
 
 class ParsedBodies:
@@ -142,7 +141,7 @@ def commit_deliveries(store: Store, deliveries: Sequence[Delivery]) -> list[Subm
     with store.db.atomic():
         known = store.known_events([d.event_id for d in deliveries])
         inbox_rows: list[tuple[str, float, str, str, bytes]] = []
-        event_rows: list[tuple[str, str | None, str | None, float, float]] = []
+        event_rows: list[tuple[str, str | None, str | None, float, float, str]] = []
         repeats: list[tuple[float, str]] = []
         for d in deliveries:
             if d.event_id in known:
@@ -161,14 +160,11 @@ def commit_deliveries(store: Store, deliveries: Sequence[Delivery]) -> list[Subm
                 )
             )
             resource = resource_for_event(d.event_type) if d.event_type else None
-            event_rows.append((d.event_id, d.event_type, resource, d.received_at, d.received_at))
-        conn.executemany(
-            "INSERT INTO _inbox (event_id, received_at, client, headers, body) VALUES (?, ?, ?, ?, ?)",
-            inbox_rows,
-        )
-        conn.executemany(
-            "INSERT INTO _events (event_id, event_type, resource, outcome, first_seen, last_seen,"
-            " deliveries) VALUES (?, ?, ?, 'pending', ?, ?, 1)",
+            event_rows.append((d.event_id, d.event_type, resource, d.received_at, d.received_at, "pending"))
+        insert_values(conn, "INSERT INTO _inbox (event_id, received_at, client, headers, body)", inbox_rows)
+        insert_values(
+            conn,
+            "INSERT INTO _events (event_id, event_type, resource, first_seen, last_seen, outcome)",
             event_rows,
         )
         conn.executemany(
@@ -186,7 +182,7 @@ class Inbox:
         self,
         writer: Writer,
         *,
-        window: float = 0.002,
+        window: float = 0.0,
         max_batch: int = 512,
         max_waiting: int = 4096,
         metrics: Metrics | None = None,
@@ -202,9 +198,6 @@ class Inbox:
         self._clock = clock
         self._waiting: list[_Waiting] = []
         self._in_flight = 0
-        #: Commits handed to the writer and not yet answered (at most PIPELINE).
-        self._commits: set[asyncio.Task[None]] = set()
-        self._slot = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -263,8 +256,6 @@ class Inbox:
         while True:
             if not self._waiting:
                 if self._stopping:
-                    if self._commits:
-                        await asyncio.wait(set(self._commits))
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -274,21 +265,11 @@ class Inbox:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._window)
-            while len(self._commits) >= PIPELINE:
-                self._slot.clear()
-                await self._slot.wait()
             batch = self._waiting[: self._max_batch]
             del self._waiting[: self._max_batch]
-            # The next batch may go to the writer while this one is being committed: the
-            # writer runs them in order, and meanwhile the event loop answers and reads
-            # requests instead of idling through the fsync.
-            task = asyncio.create_task(self._commit(batch))
-            self._commits.add(task)
-            task.add_done_callback(self._commit_done)
-
-    def _commit_done(self, task: asyncio.Task[None]) -> None:
-        self._commits.discard(task)
-        self._slot.set()
+            # One commit at a time: what arrives meanwhile is the next batch, taken the moment
+            # this one is answered.
+            await self._commit(batch)
 
     async def _commit(self, batch: list[_Waiting]) -> None:
         self._in_flight += len(batch)

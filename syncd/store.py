@@ -373,9 +373,9 @@ class Store:
 
     def add_audit(self, rows: Sequence[tuple[float, str, str, str, int, str, str | None, int]]) -> None:
         """(at, client, method, path, status, reason, event_id, body_size) per request."""
-        self.conn.executemany(
-            "INSERT INTO _audit (at, client, method, path, status, reason, event_id, body_size)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        insert_values(
+            self.conn,
+            "INSERT INTO _audit (at, client, method, path, status, reason, event_id, body_size)",
             rows,
         )
 
@@ -398,6 +398,27 @@ class Store:
         if not Path(path).exists():
             raise StoreError(f"no store at {path}")
         return _connect(str(path), readonly=True)
+
+
+#: Rows per multi-row INSERT at most (8 columns x 256 rows stays far below SQLite's limit of
+#: 32,766 parameters).
+_MAX_VALUES_ROWS = 256
+
+
+def insert_values(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
+    """`head` + `VALUES (?, ...), (?, ...)` for all `rows` in a few statements rather than one
+    per row: executemany steps (and hands the GIL back and forth) once per row, which under
+    load costs the event loop more than the insert itself. Batches are split into powers of
+    two, so at most nine statement shapes per `head` reach the statement cache."""
+    if not rows:
+        return
+    row_marks = "(" + ",".join("?" * len(rows[0])) + ")"
+    start = 0
+    while start < len(rows):
+        size = min(_MAX_VALUES_ROWS, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start : start + size]
+        conn.execute(f"{head} VALUES {','.join([row_marks] * size)}", [v for row in chunk for v in row])
+        start += size
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -15,6 +15,7 @@ from syncd.store import (
     SCHEMA_VERSION,
     Store,
     Writer,
+    insert_values,
     parse_iso,
     running_writer,
     to_column_value,
@@ -53,6 +54,21 @@ def row(store: Store, resource: str, rid: Any) -> dict[str, Any]:
 
 
 # -- durability settings and schema ----------------------------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=700))
+def test_insert_values_stores_every_row_in_order_whatever_the_count(count: int) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY AUTOINCREMENT, a INTEGER, b TEXT, c BLOB)")
+    rows = [(i, f"v{i}", bytes([i % 256])) for i in range(count)]
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    insert_values(conn, "INSERT INTO t (a, b, c)", rows)
+    conn.set_trace_callback(None)
+    assert conn.execute("SELECT a, b, c FROM t ORDER BY seq").fetchall() == rows
+    # A few statements per batch (powers of two, at most 256 rows each), not one per row.
+    assert len(statements) <= 9 + count // 256
+    assert (count == 0) == (not statements)
 
 
 def test_store_uses_wal_and_full_sync(store: Store, tmp_path: Path) -> None:
