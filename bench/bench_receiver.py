@@ -107,6 +107,7 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
     from starlette.routing import Route
 
     from syncd.config import WebhookConfig
+    from syncd.daemon_io import serving_heap
     from syncd.inbox import Inbox
     from syncd.metrics import Metrics
     from syncd.receiver import create_receiver_app, uvicorn_config
@@ -177,10 +178,11 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
         server = uvicorn.Server(uvicorn_config(app, cfg))
         server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        serving = asyncio.create_task(server.serve())
-        await stop.wait()
-        server.should_exit = True
-        await serving
+        with serving_heap():  # the daemon's collector settings, for all three servers alike
+            serving = asyncio.create_task(server.serve())
+            await stop.wait()
+            server.should_exit = True
+            await serving
         if kind == "real":
             await asyncio.sleep(0.5)  # let the worker drain
             worker.stop()

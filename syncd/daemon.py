@@ -27,7 +27,7 @@ from syncd import status as status_keys
 from syncd.admin import ReadinessInputs, create_admin_app
 from syncd.api import PetstoreClient
 from syncd.config import Config, check_warnings, load_config
-from syncd.daemon_io import DaemonServer, bind_listener, take_activated_sockets
+from syncd.daemon_io import DaemonServer, bind_listener, serving_heap, take_activated_sockets
 from syncd.errors import ConfigError, StoreClosedError
 from syncd.fallback import Switch, WebhookHealth
 from syncd.inbox import Inbox
@@ -146,7 +146,8 @@ class Daemon:
                 await self.shutdown()
                 return EXIT_FAILURE
             try:
-                await self.main_loop()
+                with serving_heap():
+                    await self.main_loop()
             finally:
                 await self.shutdown()
         return EXIT_OK
