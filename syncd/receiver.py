@@ -37,7 +37,7 @@ from syncd.errors import ConfigError, RecordError
 from syncd.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
 from syncd.metrics import Metrics
 from syncd.records import envelope_from_object
-from syncd.signatures import Verifier, make_verifier
+from syncd.signatures import LowercaseHeaders, Verifier, make_verifier
 from syncd.store import Writer
 
 log = logging.getLogger("syncd.receiver")
@@ -232,7 +232,8 @@ class WebhookReceiver:
         started = time.perf_counter()
         s = self.settings
         cfg = s.cfg
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        # ASGI servers deliver header names in lower case.
+        headers = LowercaseHeaders([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]])
         peer = (scope.get("client") or ("", 0))[0]
         client = resolve_client(peer, headers.get("x-forwarded-for"), cfg.trusted_proxies)
         size = 0
