@@ -1,13 +1,12 @@
 """The durable webhook inbox: a delivery is acknowledged only once its row is committed.
 
-Group commit. Concurrent deliveries wait in one bounded list; a single flusher task takes
-everything waiting (up to `max_batch`) as soon as the previous commit is done and commits
-it in one writer job, one transaction, one fsync, then resolves every waiter. Deliveries
-that arrive while a commit runs form the next batch, so under load the batch size follows
-the arrival rate and the number of transactions stays near the number of fsyncs the disk
-can do, while a lone delivery is committed at once: no timer adds latency, and the event
-loop never idles waiting for a batch to fill. (An optional `window` waits a little longer
-for company before each commit, for disks whose fsyncs are expensive.)
+Group commit. Concurrent deliveries wait in one bounded queue; a drain job on the store
+writer takes everything waiting (up to `max_batch`) and commits it in one transaction, one
+fsync, then the event loop resolves every waiter. Deliveries that arrive while a commit
+runs form the next batch, which the writer takes as soon as it is free, so under load the
+batch size follows the arrival rate and the number of transactions stays near the number
+of fsyncs the disk can do, while a lone delivery is committed at once: no timer adds
+latency, and commits never wait for the event loop to start the next one.
 
 Deduplication. The same event id is acknowledged once per delivery but stored once: an id
 already in `_events` (or earlier in the same batch) only bumps `deliveries`/`last_seen`.
@@ -20,14 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
-from syncd.errors import StoreError, SyncdError
+from syncd.errors import StoreClosedError, StoreError, SyncdError
 from syncd.metrics import Metrics
 from syncd.records import resource_for_event
 from syncd.store import Store, Writer, insert_values
@@ -176,13 +177,19 @@ def commit_deliveries(store: Store, deliveries: Sequence[Delivery]) -> list[Subm
 
 
 class Inbox:
-    """Durable, deduplicating, group-committing inbox in front of the store writer."""
+    """Durable, deduplicating, group-committing inbox in front of the store writer.
+
+    Deliveries wait in a queue shared with the writer thread. The first one queues a drain
+    job on the writer; the job takes everything waiting (up to `max_batch`), commits it,
+    hands the results back to the event loop and, if more deliveries arrived meanwhile,
+    queues itself again behind whatever other work the writer has. Batches therefore
+    follow each other as fast as the store commits, without waiting for the event loop to
+    get round to starting the next one, and other writer work is never starved."""
 
     def __init__(
         self,
         writer: Writer,
         *,
-        window: float = 0.0,
         max_batch: int = 512,
         max_waiting: int = 4096,
         metrics: Metrics | None = None,
@@ -191,17 +198,19 @@ class Inbox:
         if max_batch < 1 or max_waiting < 1:
             raise ValueError(f"max_batch ({max_batch}) and max_waiting ({max_waiting}) must be >= 1")
         self._writer = writer
-        self._window = window
         self._max_batch = max_batch
         self._max_waiting = max_waiting
         self._metrics = metrics
         self._clock = clock
-        self._waiting: list[_Waiting] = []
-        self._in_flight = 0
-        self._wakeup = asyncio.Event()
-        self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        #: Appended on the event loop, taken on the writer thread (under `_lock`).
+        self._queue: deque[_Waiting] = deque()
+        self._lock = threading.Lock()
+        #: A drain job is queued or running on the writer (guarded by `_lock`).
+        self._draining = False
+        #: Deliveries submitted and not yet answered; only the event loop touches it.
+        self._unanswered = 0
+        self._answered_all = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Callable[[], None]] = []
         self.last_delivery_at: float | None = None
         #: Transactions committed and deliveries they held, for tests and status.
@@ -214,36 +223,36 @@ class Inbox:
 
     @property
     def waiting(self) -> int:
-        """Deliveries waiting for a commit, including the one being committed."""
-        return len(self._waiting) + self._in_flight
+        """Deliveries waiting for a commit, including those being committed."""
+        return self._unanswered
 
     async def start(self) -> None:
-        if self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._flusher(), name="syncd-inbox-flusher")
+        self._loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
         """Commit what is waiting, then stop taking deliveries."""
-        self._stopping = True
-        self._wakeup.set()
-        self._full.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        self._loop = None
+        while self._unanswered:
+            self._answered_all.clear()
+            await self._answered_all.wait()
 
     async def submit(self, delivery: Delivery) -> SubmitResult:
         """Store one delivery durably; returns once it is committed (or raises)."""
-        if self._stopping or self._task is None:
+        loop = self._loop
+        if loop is None:
             raise InboxCommitError([delivery.event_id], RuntimeError("the inbox is not running"))
-        if self.waiting >= self._max_waiting:
+        if self._unanswered >= self._max_waiting:
             raise InboxFullError(delivery.event_id, self._max_waiting)
-        future: asyncio.Future[SubmitResult] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(delivery, future))
+        waiting = _Waiting(delivery, loop.create_future())
+        self._unanswered += 1
         self.last_delivery_at = self._clock()
-        self._wakeup.set()
-        if len(self._waiting) >= self._max_batch:
-            self._full.set()
-        return await future
+        with self._lock:
+            self._queue.append(waiting)
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._schedule_drain(loop)
+        return await waiting.future
 
     async def prune(self, *, dedupe_retention: float, audit_retention: float) -> tuple[int, int]:
         """Forget event ids and audit rows past their retention (pending events are kept)."""
@@ -252,52 +261,66 @@ class Inbox:
             lambda store: store.prune(now, dedupe_retention=dedupe_retention, audit_retention=audit_retention)
         )
 
-    async def _flusher(self) -> None:
-        while True:
-            if not self._waiting:
-                if self._stopping:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self._window > 0 and len(self._waiting) < self._max_batch and not self._stopping:
-                # Let concurrent deliveries join this commit, unless the batch is already full.
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._window)
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
-            # One commit at a time: what arrives meanwhile is the next batch, taken the moment
-            # this one is answered.
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[_Waiting]) -> None:
-        self._in_flight += len(batch)
-        deliveries = [w.delivery for w in batch]
+    def _schedule_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue a drain job on the writer; if the writer has stopped, fail what waits."""
         try:
-            results = await self._writer.run(commit_deliveries, deliveries)
-        except Exception as exc:  # every waiter must get an answer, whatever broke
-            log.error("inbox commit of %d deliveries failed: %s", len(batch), exc)
-            error = InboxCommitError([d.event_id for d in deliveries], exc)
+            self._writer.submit(self._drain, loop)
+        except StoreClosedError as exc:
+            with self._lock:
+                orphans = list(self._queue)
+                self._queue.clear()
+                self._draining = False
+            loop.call_soon_threadsafe(self._answer, orphans, None, exc)
+
+    def _drain(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        """One batch, on the writer thread: commit it, pass the results to the loop, and queue
+        the next drain if deliveries are waiting."""
+        with self._lock:
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+        results: list[SubmitResult] | None = None
+        error: Exception | None = None
+        if batch:
+            try:
+                results = commit_deliveries(store, [w.delivery for w in batch])
+            except Exception as exc:  # every waiter must get an answer, whatever broke
+                error = exc
+        with self._lock:
+            more = bool(self._queue)
+            self._draining = more
+        if more:
+            self._schedule_drain(loop)
+        if batch:
+            loop.call_soon_threadsafe(self._answer, batch, results, error)
+
+    def _answer(
+        self, batch: list[_Waiting], results: list[SubmitResult] | None, error: BaseException | None
+    ) -> None:
+        """On the event loop: resolve a committed (or failed) batch."""
+        self._unanswered -= len(batch)
+        if results is None:
+            log.error("inbox commit of %d deliveries failed: %s", len(batch), error)
+            failure = InboxCommitError(
+                [w.delivery.event_id for w in batch], error or RuntimeError("commit failed")
+            )
             for w in batch:
                 if not w.future.done():
-                    w.future.set_exception(error)
-            return
-        finally:
-            self._in_flight -= len(batch)
-        self.commits += 1
-        self.committed += len(batch)
-        accepted = 0
-        for w, result in zip(batch, results, strict=True):
-            if result == "accepted":
-                accepted += 1
-                if w.delivery.parsed is not None:
-                    parsed_bodies.put(w.delivery.body, w.delivery.parsed)
-            if not w.future.done():
-                w.future.set_result(result)
-        if self._metrics is not None:
-            self._metrics.group_commit_size.observe(len(batch))
-            self._metrics.inbox_depth.inc(accepted)
-        if accepted:
-            for listener in self._listeners:
-                listener()
+                    w.future.set_exception(failure)
+        else:
+            self.commits += 1
+            self.committed += len(batch)
+            accepted = 0
+            for w, result in zip(batch, results, strict=True):
+                if result == "accepted":
+                    accepted += 1
+                    if w.delivery.parsed is not None:
+                        parsed_bodies.put(w.delivery.body, w.delivery.parsed)
+                if not w.future.done():
+                    w.future.set_result(result)
+            if self._metrics is not None:
+                self._metrics.group_commit_size.observe(len(batch))
+                self._metrics.inbox_depth.inc(accepted)
+            if accepted:
+                for listener in self._listeners:
+                    listener()
+        if not self._unanswered:
+            self._answered_all.set()

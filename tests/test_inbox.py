@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ async def test_concurrent_deliveries_share_few_commits_and_survive_reopen(
     tmp_path: Path, writer: Writer
 ) -> None:
     metrics = Metrics()
-    inbox = Inbox(writer, window=0.002, max_batch=512, metrics=metrics)
+    inbox = Inbox(writer, max_batch=512, metrics=metrics)
     await inbox.start()
     n = 400
     results = await asyncio.gather(*(inbox.submit(delivery(f"evt_{i}")) for i in range(n)))
@@ -60,7 +61,7 @@ async def test_concurrent_deliveries_share_few_commits_and_survive_reopen(
 
 
 async def test_stored_headers_and_body_are_the_delivery(tmp_path: Path, writer: Writer) -> None:
-    inbox = Inbox(writer, window=0)
+    inbox = Inbox(writer)
     await inbox.start()
     d = delivery("evt_h", received_at=1234.5)
     assert await inbox.submit(d) == "accepted"
@@ -74,7 +75,7 @@ async def test_stored_headers_and_body_are_the_delivery(tmp_path: Path, writer: 
 
 
 async def test_duplicates_are_acknowledged_once_stored(tmp_path: Path, writer: Writer) -> None:
-    inbox = Inbox(writer, window=0.002)
+    inbox = Inbox(writer)
     await inbox.start()
     assert await inbox.submit(delivery("evt_a", 1000.0)) == "accepted"
     # Again later, and twice within one batch with a new id.
@@ -99,7 +100,7 @@ async def test_dedupe_keys_are_pruned_after_retention_but_pending_ones_kept(
     tmp_path: Path, writer: Writer
 ) -> None:
     clock = [1000.0]
-    inbox = Inbox(writer, window=0, clock=lambda: clock[0])
+    inbox = Inbox(writer, clock=lambda: clock[0])
     await inbox.start()
     await inbox.submit(delivery("evt_old", 1000.0))
     await inbox.submit(delivery("evt_done", 1000.0))
@@ -114,13 +115,23 @@ async def test_dedupe_keys_are_pruned_after_retention_but_pending_ones_kept(
     await inbox.stop()
 
 
+def hold_writer(writer: Writer) -> threading.Event:
+    """Keep the writer busy (a slow disk) until the returned event is set."""
+    gate = threading.Event()
+    writer.submit(lambda store: gate.wait(10))
+    return gate
+
+
 async def test_backpressure_refuses_beyond_the_waiting_limit(writer: Writer) -> None:
-    inbox = Inbox(writer, window=0.05, max_waiting=3)
+    inbox = Inbox(writer, max_waiting=3)
     await inbox.start()
+    gate = hold_writer(writer)
     first = [asyncio.create_task(inbox.submit(delivery(f"evt_{i}"))) for i in range(3)]
     await asyncio.sleep(0)
+    assert inbox.waiting == 3
     with pytest.raises(InboxFullError, match="evt_x"):
         await inbox.submit(delivery("evt_x"))
+    gate.set()
     assert await asyncio.gather(*first) == ["accepted"] * 3
     # Once committed there is room again.
     assert await inbox.submit(delivery("evt_x")) == "accepted"
@@ -128,7 +139,7 @@ async def test_backpressure_refuses_beyond_the_waiting_limit(writer: Writer) -> 
 
 
 async def test_failed_commit_fails_every_waiter_and_stores_nothing(tmp_path: Path, writer: Writer) -> None:
-    inbox = Inbox(writer, window=0.002)
+    inbox = Inbox(writer)
     await inbox.start()
     assert await inbox.submit(delivery("evt_before")) == "accepted"
     await writer.run(lambda s: s.conn.execute("PRAGMA busy_timeout=20"))
@@ -152,18 +163,24 @@ async def test_failed_commit_fails_every_waiter_and_stores_nothing(tmp_path: Pat
 
 
 async def test_stop_commits_what_is_waiting_and_refuses_after(tmp_path: Path, writer: Writer) -> None:
-    inbox = Inbox(writer, window=10.0)
+    inbox = Inbox(writer)
     await inbox.start()
+    gate = hold_writer(writer)
     pending = asyncio.create_task(inbox.submit(delivery("evt_late")))
     await asyncio.sleep(0)
-    await inbox.stop()
+    stopping = asyncio.create_task(inbox.stop())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not stopping.done(), "stop() returned while a delivery was still waiting"
+    gate.set()
+    await stopping
     assert await pending == "accepted"
     with pytest.raises(InboxCommitError):
         await inbox.submit(delivery("evt_closed"))
 
 
 async def test_commit_listeners_are_told_only_about_new_events(writer: Writer) -> None:
-    inbox = Inbox(writer, window=0)
+    inbox = Inbox(writer)
     calls: list[int] = []
     inbox.add_commit_listener(lambda: calls.append(1))
     await inbox.start()
@@ -199,7 +216,7 @@ async def test_replayable_transactions_skip_the_fsync_but_restore_full(writer: W
 async def test_committed_parses_reach_the_worker_once_and_the_memo_is_bounded(writer: Writer) -> None:
     from syncd.inbox import ParsedBodies, parsed_bodies
 
-    inbox = Inbox(writer, window=0)
+    inbox = Inbox(writer)
     await inbox.start()
     fresh = delivery("evt_parsed")
     fresh.parsed = json.loads(fresh.body)

@@ -46,7 +46,7 @@ async def api() -> AsyncIterator[tuple[respx.MockRouter, PetstoreClient]]:
 
 
 async def put(writer: Writer, *bodies: tuple[str, bytes], received_at: float = 1_700_000_000.0) -> None:
-    inbox = Inbox(writer, window=0)
+    inbox = Inbox(writer)
     await inbox.start()
     for event_id, body in bodies:
         await inbox.submit(Delivery(event_id, received_at, "127.0.0.1", {}, body))
@@ -116,7 +116,7 @@ async def test_a_failed_fetch_stays_in_the_inbox_and_is_retried_after_backoff(
     route = router.get("/orders/8")
     route.side_effect = [httpx.Response(503), httpx.Response(200, json=order(8, 2))]
     clock = Clock()
-    inbox = Inbox(writer, window=0)
+    inbox = Inbox(writer)
     worker = InboxWorker(writer, client, fetch_thin=True, clock=clock, retry_delay=5.0, idle_timeout=0.01)
     inbox.add_commit_listener(worker.wake)
     await inbox.start()
@@ -151,7 +151,7 @@ async def wait_for(condition: Any, timeout: float = 5.0) -> None:
 
 
 async def test_worker_is_woken_by_commits_not_by_polling(tmp_path: Path, writer: Writer) -> None:
-    inbox = Inbox(writer, window=0)
+    inbox = Inbox(writer)
     worker = InboxWorker(writer, None, fetch_thin=False, idle_timeout=3600)
     inbox.add_commit_listener(worker.wake)
     await inbox.start()

@@ -116,7 +116,6 @@ async def running_receiver(
     *,
     secrets: tuple[str, ...] = (SECRET,),
     clock: Callable[[], float] | None = None,
-    window: float = 0.002,
     max_waiting: int = 4096,
     **webhook: Any,
 ) -> AsyncIterator[RunningReceiver]:
@@ -125,7 +124,7 @@ async def running_receiver(
     writer = Writer(lambda: Store(db_path))
     writer.start()
     metrics = Metrics()
-    inbox = Inbox(writer, window=window, max_waiting=max_waiting, metrics=metrics)
+    inbox = Inbox(writer, max_waiting=max_waiting, metrics=metrics)
     await inbox.start()
     extra = {"clock": clock} if clock is not None else {}
     app = create_receiver_app(cfg, secrets, inbox, writer, metrics=metrics, **extra)
