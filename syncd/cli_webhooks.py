@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -70,14 +71,28 @@ def _default_url(cfg: Config) -> str:
     return f"{scheme}://{cfg.webhook.listen}{cfg.webhook.path}"
 
 
-def write_secret(path: str, secret: str) -> None:
-    """Write the secret readable by the owner only, from the first byte on."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def store_secret(path: str, secret: str, *, keep_existing: bool = True) -> int:
+    """Add `secret` to the comma-separated secret file at `path` (or, without
+    `keep_existing`, make it the only one) and return how many secrets the file holds.
+    Keeping the others is what rotation needs: deliveries still signed by an older endpoint
+    keep verifying until its secret is removed. The file is readable by the owner only from
+    its first byte and replaced in one step, so a crash never leaves it half written."""
+    secrets: list[str] = []
+    if keep_existing:
+        with contextlib.suppress(FileNotFoundError):
+            secrets = [s.strip() for s in Path(path).read_text().split(",") if s.strip()]
+    if secret not in secrets:
+        secrets.append(secret)
+    partial = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, (secret + "\n").encode())
+        os.write(fd, (",".join(secrets) + "\n").encode())
+        os.fsync(fd)
     finally:
         os.close(fd)
+    os.replace(partial, path)
+    return len(secrets)
 
 
 def wait_for_test_event(store_path: str, since: float, timeout: float, *, interval: float = 0.2) -> str:
@@ -107,6 +122,11 @@ def wait_for_test_event(store_path: str, since: float, timeout: float, *, interv
 @click.option(
     "--secret-file", default=None, help="Write the secret here, mode 0600 (default: webhook.secret_file)."
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Make the new secret the file's only one (default: add it to the secrets already there).",
+)
 @click.option("--show-secret", is_flag=True, help="Also print the secret.")
 @click.option("--wait", is_flag=True, help="Wait until the webhook.test event reached the running daemon.")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds --wait waits.")
@@ -115,6 +135,7 @@ def register(
     url: str | None,
     events: tuple[str, ...],
     secret_file: str | None,
+    replace: bool,
     show_secret: bool,
     wait: bool,
     timeout: float,
@@ -128,11 +149,15 @@ def register(
     started = time.time()
     endpoint = asyncio.run(_register(cfg, url or _default_url(cfg), chosen))
     secret = str(endpoint.get("secret", ""))
-    if target and secret:
-        write_secret(target, secret)
+    held = store_secret(target, secret, keep_existing=not replace) if target and secret else 0
     click.echo(f"registered {endpoint.get('id')} -> {endpoint.get('url')} ({', '.join(chosen)})")
-    if target:
+    if held == 1:
         click.echo(f"secret written to {target} (mode 0600)")
+    elif held:
+        click.echo(
+            f"secret added to {target} (mode 0600), which now holds {held} secrets; remove the old "
+            "ones once their endpoints are deleted, then reload the daemon (SIGHUP)"
+        )
     if show_secret:
         click.echo(f"secret: {secret}")
     if wait:

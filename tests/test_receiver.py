@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from syncd.admission import RateLimiter, resolve_client
 from syncd.cli import main
-from syncd.config import WebhookConfig
+from syncd.config import WebhookConfig, load_config
 from syncd.receiver import uvicorn_config
 from syncd.worker import InboxWorker
 from tests.webhook_support import PATH, SECRET, envelope, read_db, running_receiver, signed_headers
@@ -159,6 +159,45 @@ def test_webhooks_register_writes_the_secret_0600_and_not_to_stdout(
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
     sent = route.calls.last.request
     assert b'"url":"http://127.0.0.1:8787/webhooks/petstore"' in sent.content.replace(b" ", b"")
+
+
+def register_with_secret(config: Path, secret_file: Path, secret: str, *extra: str) -> str:
+    with respx.mock(base_url="http://api.test/v1") as router:
+        router.post("/webhooks").respond(
+            201, json={"id": "wh_r", "url": "u", "events": ["order.created"], "secret": secret}
+        )
+        result = CliRunner().invoke(
+            main,
+            ["webhooks", "register", "--config", str(config), "--secret-file", str(secret_file), *extra],
+        )
+    assert result.exit_code == 0, result.output
+    assert secret not in result.output
+    return result.output
+
+
+def test_registering_again_keeps_the_old_secret_for_rotation_unless_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PETSTORE_API_KEY", "key")
+    config = write_config(tmp_path)
+    secret_file = tmp_path / "secret"
+    register_with_secret(config, secret_file, "first-secret")
+    out = register_with_secret(config, secret_file, "second-secret")
+    assert "now holds 2 secrets" in out
+    assert secret_file.read_text().strip() == "first-secret,second-secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    # The config reads both, so deliveries signed by either endpoint verify.
+    reading = tmp_path / "reading.toml"
+    reading.write_text(config.read_text() + f'secret_file = "{secret_file}"\n')
+    cfg = load_config(reading, env={"PETSTORE_API_KEY": "key"})
+    assert cfg.secrets.webhook_secrets == ("first-secret", "second-secret")
+    # Registering the same secret twice does not repeat it; --replace keeps only the new one.
+    register_with_secret(config, secret_file, "second-secret")
+    assert secret_file.read_text().strip() == "first-secret,second-secret"
+    register_with_secret(config, secret_file, "third-secret", "--replace")
+    assert secret_file.read_text().strip() == "third-secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("secret")] == ["secret"]  # no leftovers
 
 
 def test_webhooks_register_wait_times_out_without_a_daemon(

@@ -43,7 +43,8 @@ def test_register_wait_confirms_the_test_event_reached_the_daemon(
     )  # fmt: skip
     try:
         wait_until(lambda: secret_file.read_text() != "old-secret", 30, what="the new secret in the file")
-        new_secret = secret_file.read_text()
+        old, new_secret = secret_file.read_text().strip().split(",")
+        assert old == "old-secret", "registering must keep the secret already in use"
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
         daemon.signal(signal.SIGHUP)
         out, err = register.communicate(timeout=90)
