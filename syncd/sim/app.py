@@ -61,11 +61,9 @@ class _BadRequest(ValueError):
 
 
 def create_app(sim: Simulator) -> Starlette:
-    expected_auth = f"Bearer {sim.config.api_key}".encode()
-
     def authorized(request: Request) -> bool:
         given = request.headers.get("authorization", "").encode()
-        return hmac.compare_digest(given, expected_auth)
+        return hmac.compare_digest(given, f"Bearer {sim.api_key}".encode())
 
     async def faults_for(request: Request, resource: str) -> Response | None:
         faults = sim.faults

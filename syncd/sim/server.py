@@ -133,7 +133,7 @@ class SimHandle(ThreadedServer):
 
     @property
     def api_key(self) -> str:
-        return self.simulator.config.api_key
+        return self.simulator.api_key
 
     def step(self, count: int = 1) -> int:
         return self.call(self.simulator.step, count)

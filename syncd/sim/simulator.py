@@ -25,6 +25,8 @@ from syncd.sim.workload import Shop
 class Simulator:
     def __init__(self, config: SimConfig | None = None, *, clock: Clock | None = None) -> None:
         self.config = config = config or SimConfig()
+        #: The API key requests must carry; POST /_sim/control can rotate it.
+        self.api_key = config.api_key
         self.clock: Clock = clock or SystemClock()
         self.faults: FaultConfig = config.faults
         self.max_lag = config.max_lag
@@ -203,11 +205,11 @@ class Simulator:
         """Apply a control request (the body of POST /_sim/control); returns the status.
 
         Keys, all optional: "preset" (a fault preset name), "faults" (knob -> value),
-        "max_lag", "rate", "action" (pause_workload, resume_workload, pause_webhooks with
+        "max_lag", "rate", "api_key" (the key the API accepts from now on), "action" (pause_workload, resume_workload, pause_webhooks with
         "mode" queue|drop, resume_webhooks, flush_visibility, step with "count", quiesce with
         "timeout", "flush_visibility", "drop_retries").
         """
-        known = {"preset", "faults", "max_lag", "rate", "action", "mode", "count"}
+        known = {"preset", "faults", "max_lag", "rate", "api_key", "action", "mode", "count"}
         known |= {"timeout", "flush_visibility", "drop_retries"}
         unknown = set(command) - known
         if unknown:
@@ -220,6 +222,10 @@ class Simulator:
             self.max_lag = _non_negative("max_lag", command["max_lag"])
         if "rate" in command:
             self.rate = _non_negative("rate", command["rate"])
+        if "api_key" in command:
+            if not isinstance(command["api_key"], str) or not command["api_key"]:
+                raise ConfigError("control", "api_key", "must be a non-empty string")
+            self.api_key = command["api_key"]
         action = command.get("action")
         if action is None:
             pass
