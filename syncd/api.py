@@ -116,6 +116,10 @@ class PetstoreClient:
             follow_redirects=False,
         )
 
+    def set_api_key(self, api_key: str) -> None:
+        """Send `api_key` from the next request on (a reload after the key was rotated)."""
+        self._http.headers["Authorization"] = f"Bearer {api_key}"
+
     @classmethod
     def from_config(cls, cfg: Config, metrics: Metrics | None = None) -> PetstoreClient:
         if not cfg.secrets.api_key:

@@ -173,6 +173,7 @@ class Daemon:
         changed = changed_keys(self.cfg, live)
         previous_interval = self.current_interval
         previous_format = self.cfg.log.format
+        previous_key = self.cfg.secrets.api_key
         self.cfg = live
         if self.redactor is not None:
             self.redactor.set_secrets(secret_values(live))
@@ -184,10 +185,14 @@ class Daemon:
             self.health.update_config(live.fallback)
         if self.poller is not None:
             self.poller.cfg = live
+        if self.client is not None and live.secrets.api_key and live.secrets.api_key != previous_key:
+            self.client.set_api_key(live.secrets.api_key)
         if self._receiver_app is not None:
             self._receiver_app.state.update_settings(live.webhook, live.secrets.webhook_secrets)
-        if self.scheduler is not None and self.current_interval != previous_interval:
-            self.scheduler.set_interval(self.current_interval)
+        if self.scheduler is not None:
+            if self.current_interval != previous_interval:
+                self.scheduler.set_interval(self.current_interval)
+            self.scheduler.resume_stopped()
         log.info(
             "config reloaded from %s; changed: %s",
             live.source,

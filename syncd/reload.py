@@ -1,9 +1,10 @@
 """What a SIGHUP reload may change while the daemon runs, and what needs a restart.
 
-Live: poll intervals, lookback and page size, webhook secrets, signature tolerance, body
-limit, rate limit, allowlists and trusted proxies, retention, the fallback thresholds and
-logging. Bound at start: anything that opened a socket or a file, chose the mode or the
-resources, built the API client or scheduled the relist jobs.
+Live: poll intervals, lookback and page size, the API key and webhook secrets (and where
+they are read from), signature tolerance, body limit, rate limit, allowlists and trusted
+proxies, retention, the fallback thresholds and logging. Bound at start: anything that
+opened a socket or a file, chose the mode or the resources, shaped the API client's
+connections or scheduled the relist jobs.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from typing import Any
 
 from syncd.config import Config
 
-#: (section, key) pairs a reload cannot change; "*" is the whole section.
+#: (section, key) pairs a reload cannot change.
 RESTART_ONLY: tuple[tuple[str, str], ...] = (
-    ("api", "*"),
+    ("api", "base_url"),
+    ("api", "timeout"),
+    ("api", "connect_timeout"),
+    ("api", "max_connections"),
     ("store", "path"),
     ("sync", "mode"),
     ("sync", "resources"),
@@ -44,9 +48,7 @@ def _flat(cfg: Config) -> dict[str, Any]:
 
 def _restart_only(key: str) -> bool:
     section, name = key.split(".", 1)
-    if key == "secrets.api_key":
-        return True
-    return any(s == section and k in ("*", name) for s, k in RESTART_ONLY)
+    return (section, name) in RESTART_ONLY
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -64,14 +66,7 @@ def apply_live(started: Config, new: Config) -> Config:
     started."""
     updates: dict[str, Any] = {}
     for section in _SECTIONS:
-        kept = {
-            k: getattr(getattr(started, section), k) for s, k in RESTART_ONLY if s == section and k != "*"
-        }
-        if any(s == section and k == "*" for s, k in RESTART_ONLY):
-            updates[section] = getattr(started, section)
-        elif kept:
+        kept = {k: getattr(getattr(started, section), k) for s, k in RESTART_ONLY if s == section}
+        if kept:
             updates[section] = getattr(new, section).model_copy(update=kept)
-    secrets = new.secrets
-    if secrets.api_key != started.secrets.api_key:
-        secrets = type(secrets)(started.secrets.api_key, secrets.webhook_secrets)
-    return new.model_copy(update={**updates, "secrets": secrets})
+    return new.model_copy(update=updates)

@@ -216,6 +216,25 @@ class PollScheduler:
                 self._scheduler.pause_job(self.job_id(kind, resource))
         log.error("%s: polling stopped until the API key is fixed and syncd reloaded: %s", resource, reason)
 
+    def resume_stopped(self) -> list[str]:
+        """Resume resources stopped by a refused API key (after a reload that may have fixed
+        it) and poll them now; returns them. A key still refused stops them again at once."""
+        resumed = sorted(self.stopped)
+        for resource in resumed:
+            del self.stopped[resource]
+            with contextlib.suppress(JobLookupError):
+                # The interval may have changed while it was stopped (set_interval skips it).
+                self._scheduler.reschedule_job(
+                    self.job_id("poll", resource), trigger=self._trigger(self.interval)
+                )
+            for kind in self._KINDS:
+                with contextlib.suppress(JobLookupError):
+                    self._scheduler.resume_job(self.job_id(kind, resource))
+            self.trigger_now(resource)
+        if resumed:
+            log.info("polling resumed for %s", ", ".join(resumed))
+        return resumed
+
     async def shutdown(self) -> None:
         """Stop scheduling; polls in progress finish their page, commit, and are awaited."""
         self._shutting_down = True

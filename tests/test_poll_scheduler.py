@@ -122,6 +122,40 @@ async def test_schedules_polls_and_stops_a_resource_on_auth_errors(
     assert {k: v for k, v in requests.items() if "customers" in k} == {"GET /customers 403": 1}
 
 
+async def test_resume_stopped_polls_a_resource_again_once_its_key_is_accepted(
+    sim: SimHandle, parts: tuple[Poller, Metrics]
+) -> None:
+    poller, _ = parts
+    results = Results()
+    sched = PollScheduler(
+        poller, ("customers",), interval=60, full_relist_interval=3600, jitter=0, on_result=results
+    )
+    sched.start()
+    try:
+        async with asyncio.timeout(5):
+            while "customers" not in sched.stopped:
+                await asyncio.sleep(0.01)
+        # Nothing to resume while the key is still refused: resuming stops it again.
+        sched.set_interval(30)
+        assert sched.resume_stopped() == ["customers"]
+        async with asyncio.timeout(5):
+            while "customers" not in sched.stopped:
+                await asyncio.sleep(0.01)
+        # The operator fixes the key's scope (here: the API stops refusing it) and reloads.
+        sim.control({"faults": {"forbidden_resources": []}})
+        assert sched.resume_stopped() == ["customers"]
+        polls = await results.wait_for("customers", 1, timeout=5)
+        assert polls[0].initial
+        assert sched.stopped == {}
+        next_poll = sched.next_run("poll", "customers")
+        assert next_poll is not None
+        assert (next_poll - datetime.now(UTC)).total_seconds() <= 30  # the interval set meanwhile
+    finally:
+        await sched.shutdown()
+    requests = sim.call(sim.simulator.stats.snapshot)["requests"]
+    assert requests["GET /customers 403"] == 2
+
+
 async def test_set_interval_reschedules_every_poll(parts: tuple[Poller, Metrics]) -> None:
     poller, _ = parts
     results = Results()

@@ -12,6 +12,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ import pytest
 from syncd.signatures import sign
 from syncd.store import utc_iso
 from tests.e2e.conftest import (
+    API_KEY,
     START_TIMEOUT,
     WEBHOOK_SECRET,
     DaemonProcess,
@@ -173,6 +175,36 @@ def test_sighup_applies_a_new_poll_interval(start_sim: StartSim, start_daemon: S
     wait_until(lambda: mirror_covers(sim.truth(), daemon.mirror()) or None, 20, what="mirror converges")
     # The admin listener stayed where it was.
     assert httpx.get(daemon.admin_url + "/healthz", timeout=5).status_code == 200
+
+
+def test_sighup_applies_a_rotated_api_key_and_resumes_polling(
+    start_sim: StartSim, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    sim = start_sim("--rate", "5", "--max-lag", "0s")
+    key_file = tmp_path / "api-key"
+    key_file.write_text(API_KEY)
+    daemon = start_daemon(sim, mode="poll", poll={"interval": "500ms"}, api={"api_key_file": str(key_file)})
+    wait_until(lambda: daemon.status()["resources"]["orders"]["last_poll_at"], 15, what="first poll")
+
+    # The provider rotates the key: the old one is refused and polling stops, no retry storm.
+    rotated = "rotated-e2e-api-key-0123456789"
+    sim.control(api_key=rotated)
+    daemon.wait_log(lambda r: "polling stopped until the API key is fixed" in str(r.get("msg", "")), 15)
+
+    key_file.write_text(rotated + "\n")
+    daemon.signal(signal.SIGHUP)
+    reloaded = daemon.wait_log(lambda r: str(r.get("msg", "")).startswith("config reloaded"), 15)
+    assert "secrets.api_key" in reloaded["changed"]
+    daemon.wait_log(lambda r: str(r.get("msg", "")).startswith("polling resumed for"), 5)
+    assert not any("api_key changed" in str(r.get("msg", "")) for r in daemon.logs())
+    # Polling runs again with the new key and the mirror catches up.
+    wait_until(lambda: mirror_covers(sim.truth(), daemon.mirror()) or None, 30, what="mirror converges")
+    wait_until(
+        lambda: all(r["last_error"] is None for r in daemon.status()["resources"].values()) or None,
+        15,
+        what="every resource polled without error",
+    )
+    assert rotated not in daemon.log_path.read_text()
 
 
 def test_sighup_with_a_broken_config_keeps_the_running_one(
