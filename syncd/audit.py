@@ -53,6 +53,8 @@ class AuditLog:
         self._batch = batch
         self._metrics = metrics
         self._kick = asyncio.Event()
+        #: Held while rows are being written, so a flush also waits for a write in progress.
+        self._writing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         #: Rows lost because the buffer was full (the oldest go first).
@@ -81,7 +83,12 @@ class AuditLog:
             self._task = None
 
     async def flush(self) -> None:
-        """Write every buffered row now."""
+        """Write every buffered row now; returns once they (and any rows the background task
+        was already writing) are committed."""
+        async with self._writing:
+            await self._write_buffered()
+
+    async def _write_buffered(self) -> None:
         while self._rows:
             rows = [self._rows.popleft() for _ in range(min(self._batch, len(self._rows)))]
             try:

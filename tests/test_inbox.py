@@ -1,4 +1,5 @@
-"""The durable inbox: group commit, deduplication, backpressure, commit failure."""
+"""The durable inbox: group commit, deduplication, backpressure, commit failure; and the
+audit trail written beside it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from syncd.audit import AuditLog, AuditRow
 from syncd.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
 from syncd.metrics import Metrics
 from syncd.store import Store, Writer
@@ -234,3 +236,21 @@ async def test_committed_parses_reach_the_worker_once_and_the_memo_is_bounded(wr
     assert len(memo) == 3  # the two oldest went first
     assert memo.take(b"x" * 30 + b"0") is None
     assert memo.take(b"x" * 30 + b"4") == 4
+
+
+async def test_audit_flush_waits_for_a_write_already_in_progress(tmp_path: Path, writer: Writer) -> None:
+    audit = AuditLog(writer, interval=3600, batch=1)
+    await audit.start()
+    gate = hold_writer(writer)
+    audit.record(AuditRow(1000.0, "127.0.0.1", "POST", "/webhooks/petstore", 429, "rate_limited", None, 0))
+    # A full batch wakes the background task: it takes the row and waits for the busy writer.
+    for _ in range(5):
+        await asyncio.sleep(0)
+    flushing = asyncio.create_task(audit.flush())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not flushing.done(), "flush() returned while the row was still being written"
+    gate.set()
+    await flushing
+    assert read_db(tmp_path / "mirror.db", "SELECT status, reason FROM _audit") == [(429, "rate_limited")]
+    await audit.stop()
