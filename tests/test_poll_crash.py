@@ -67,13 +67,15 @@ def _committed(db: Path) -> int:
         return 0
 
 
-async def _listed_up_to(url: str, cursor: str) -> dict[str, int]:
-    """What the API lists with updatedAt <= cursor: id -> version."""
+async def _listed_before(url: str, cursor: str) -> dict[str, int]:
+    """What the API lists with updatedAt < cursor: id -> version. Records sharing the
+    cursor's own updatedAt may sit on the page after the last committed one (ties); the
+    next poll re-reads them through its lookback."""
     out: dict[str, int] = {}
     async with PetstoreClient(url, "test-key") as client:
         async for page in client.list_pages("orders", since=None, limit=1000):
             for record in page.records:
-                if record["updatedAt"] > cursor:
+                if record["updatedAt"] >= cursor:
                     return out
                 out[str(record["id"])] = record["version"]
     return out
@@ -101,7 +103,7 @@ def test_sigkill_mid_sync_then_restart(tmp_path: Path) -> None:
         assert cursor is not None
         mirror = mirror_versions(db, "orders")
         assert 20_000 <= len(mirror) < ORDERS
-        listed = asyncio.run(_listed_up_to(sim.base_url, cursor))
+        listed = asyncio.run(_listed_before(sim.base_url, cursor))
         # The cursor never points past committed data.
         assert len(listed) >= 20_000
         assert {rid: v for rid, v in listed.items() if mirror.get(rid) != v} == {}
