@@ -400,8 +400,7 @@ class Store:
         return _connect(str(path), readonly=True)
 
 
-#: Rows per multi-row INSERT at most (8 columns x 256 rows stays far below SQLite's limit of
-#: 32,766 parameters).
+#: Rows per multi-row INSERT at most.
 _MAX_VALUES_ROWS = 256
 
 
@@ -409,13 +408,17 @@ def insert_values(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[A
     """`head` + `VALUES (?, ...), (?, ...)` for all `rows` in a few statements rather than one
     per row: executemany steps (and hands the GIL back and forth) once per row, which under
     load costs the event loop more than the insert itself. Batches are split into powers of
-    two, so at most nine statement shapes per `head` reach the statement cache."""
+    two, so at most nine statement shapes per `head` reach the statement cache, and each
+    statement stays within the connection's limit on parameters (999 in SQLite builds
+    before 3.32)."""
     if not rows:
         return
-    row_marks = "(" + ",".join("?" * len(rows[0])) + ")"
+    width = len(rows[0])
+    row_marks = "(" + ",".join("?" * width) + ")"
+    cap = min(_MAX_VALUES_ROWS, max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
     start = 0
     while start < len(rows):
-        size = min(_MAX_VALUES_ROWS, 1 << ((len(rows) - start).bit_length() - 1))
+        size = 1 << (min(cap, len(rows) - start).bit_length() - 1)
         chunk = rows[start : start + size]
         conn.execute(f"{head} VALUES {','.join([row_marks] * size)}", [v for row in chunk for v in row])
         start += size

@@ -53,6 +53,15 @@ def row(store: Store, resource: str, rid: Any) -> dict[str, Any]:
     return dict(zip(names, found, strict=True))
 
 
+def test_insert_values_keeps_within_the_connections_parameter_limit() -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a INTEGER, b TEXT, c REAL)")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 20)  # older SQLite builds allow 999
+    rows = [(i, str(i), i / 2) for i in range(100)]
+    insert_values(conn, "INSERT INTO t (a, b, c)", rows)
+    assert conn.execute("SELECT a, b, c FROM t ORDER BY rowid").fetchall() == rows
+
+
 # -- durability settings and schema ----------------------------------------------------------
 
 
