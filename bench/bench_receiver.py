@@ -149,8 +149,6 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
         elif kind == "nostore":
 
             class Unstored:  # acknowledges without storing: a measurement aid, never durable
-                last_delivery_at: float | None = None
-
                 async def submit(self, delivery: Any) -> str:
                     return "accepted"
 
