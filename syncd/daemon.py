@@ -99,7 +99,9 @@ class Daemon:
         self.redactor = redactor
         self._load = load or (lambda: load_config(cfg.source))
         self.push = cfg.sync.mode == "push"
-        self.health: WebhookHealth | None = WebhookHealth(cfg.fallback) if self.push else None
+        self.health: WebhookHealth | None = (
+            WebhookHealth(cfg.fallback, catching_up=cfg.sync.resources) if self.push else None
+        )
         self.writer: Writer | None = None
         self.client: PetstoreClient | None = None
         self.poller: Poller | None = None
@@ -349,7 +351,9 @@ class Daemon:
             self.lags[result.resource] = max(0.0, time.time() - parse_iso(result.cursor))
         if self.health is None or result.stopped:
             return
-        switch = self.health.poll_finished(fresh=result.fresh, applied=result.applied, kind=result.kind)
+        switch = self.health.poll_finished(
+            fresh=result.fresh, applied=result.applied, kind=result.kind, resource=result.resource
+        )
         if switch is not None:
             await self._apply_switch(switch)
 
