@@ -6,6 +6,7 @@ any invalid config."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -200,9 +201,38 @@ def _newer_schema(db: Path) -> None:
     conn.close()
 
 
+@contextlib.contextmanager
+def read_only(db: Path) -> Iterator[None]:
+    """The store file made unwritable for real: a mode bit, or for root (whom modes do not
+    stop) the immutable attribute."""
+    if os.geteuid() != 0:
+        db.chmod(0o444)
+        try:
+            yield
+        finally:
+            db.chmod(0o644)
+        return
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True, check=False).returncode != 0:
+        pytest.skip("running as root on a filesystem without the immutable attribute")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+
+
+def _read_only_store(db: Path) -> None:
+    store = Store(db)
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+
+
 @pytest.mark.parametrize(
     ("kind", "needle"),
-    [("corrupt", "cannot open store"), ("newer", "newer than this syncd")],
+    [
+        ("corrupt", "cannot open store"),
+        ("newer", "newer than this syncd"),
+        ("read-only", "readonly database"),
+    ],
 )
 def test_run_on_an_unusable_store_exits_1_with_one_clear_line(
     tmp_path: Path, start_sim: StartSim, kind: str, needle: str
@@ -211,8 +241,10 @@ def test_run_on_an_unusable_store_exits_1_with_one_clear_line(
     db = tmp_path / "mirror.db"
     if kind == "corrupt":
         db.write_bytes(b"this is not a database\n" * 512)
-    else:
+    elif kind == "newer":
         _newer_schema(db)
+    else:
+        _read_only_store(db)
     before = db.read_bytes()
     config = tmp_path / "syncd.toml"
     config.write_text(
@@ -225,7 +257,8 @@ def test_run_on_an_unusable_store_exits_1_with_one_clear_line(
             }
         )
     )
-    result = run_once(config)
+    with read_only(db) if kind == "read-only" else contextlib.nullcontext():
+        result = run_once(config)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert needle in output
