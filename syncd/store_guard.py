@@ -86,8 +86,8 @@ class StoreLock:
         return self._fd is not None
 
     def acquire(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise StoreError(f"cannot open the store's lock file {self.path}: {exc.strerror}") from None
