@@ -1,7 +1,7 @@
 """The admin listener: /healthz, /readyz, /metrics. Loopback by default, never the public one.
 
 - /healthz: the process and its event loop answer (200).
-- /readyz: the store is open and the mirror is fresh: the last successful poll is within
+- /readyz: the store is open and takes commits, and the mirror is fresh: the last successful poll is within
   `READY_FACTOR` times the current poll interval (plus slack); in push mode a recent webhook
   counts as well, since healthy push polls only at the long safety interval. 200, or 503 with
   a JSON reason.
@@ -36,6 +36,8 @@ class ReadinessInputs:
     interval: float
     last_success_at: float | None
     last_webhook_at: float | None
+    #: Why the store cannot take writes right now (commits failing, file replaced), if so.
+    store_problem: str | None = None
 
 
 def judge_readiness(
@@ -44,6 +46,8 @@ def judge_readiness(
     """(ready, reason). Pure, so the bounds are tested without waiting."""
     if not inputs.store_open:
         return False, "store is not open"
+    if inputs.store_problem is not None:
+        return False, inputs.store_problem
     bound = factor * inputs.interval + slack
     recent = [
         (what, at)

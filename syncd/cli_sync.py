@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ import click
 from syncd.api import PetstoreClient
 from syncd.cli import EXIT_FAILURE, config_option, load
 from syncd.config import RESOURCES, Config
+from syncd.errors import StoreError
 from syncd.logs import setup_logging
 from syncd.poller import Poller, PollResult
 from syncd.progress import make_progress
@@ -35,6 +37,8 @@ async def _verify(cfg: Config, resources: Sequence[str], *, progress: bool) -> l
                 await verify_resource(client, conn, resource, page_size=1000, progress=reporter)
                 for resource in resources
             ]
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read store {cfg.store.path}: {exc}") from None
     finally:
         conn.close()
 

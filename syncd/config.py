@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -30,6 +31,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from syncd.errors import ConfigError
+from syncd.signatures import make_verifier
 
 DEFAULT_CONFIG_PATH = "/etc/syncd/config.toml"
 CONFIG_ENV = "SYNCD_CONFIG"
@@ -53,6 +55,11 @@ _SIZE_UNITS = {
     "GB": 1000**3,
 }
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+#: No duration anywhere needs more than a year; past that, arithmetic on timestamps and
+#: timers overflows (datetime, asyncio) instead of failing here with the key's name.
+MAX_DURATION = 365 * 86400.0
+#: Rates are events per second; more than this is no limit at all, and zero divides by zero.
+MAX_RATE = 1_000_000.0
 
 
 def parse_duration(value: object) -> float:
@@ -62,7 +69,10 @@ def parse_duration(value: object) -> float:
     m = _DURATION_RE.match(value)
     if not m:
         raise ValueError(f"{value!r} is not a duration; use a number and one of ms, s, m, h, d (e.g. '30s')")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if not seconds <= MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than {format_duration(MAX_DURATION)}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -76,6 +86,8 @@ def format_duration(seconds: float) -> str:
 def parse_size(value: object) -> int:
     """'64KiB', '1MiB', '1000' -> bytes."""
     if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"{value} is not a size: sizes are not negative")
         return value
     if not isinstance(value, str) or not (m := _SIZE_RE.match(value)):
         raise ValueError(
@@ -95,7 +107,10 @@ def parse_rate(value: object) -> float:
     """'200/s', '600/m' -> events per second."""
     if not isinstance(value, str) or not (m := _RATE_RE.match(value)):
         raise ValueError(f"{value!r} is not a rate; use a number per s, m or h (e.g. '200/s')")
-    return float(m.group(1)) / {"s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+    rate = float(m.group(1)) / {"s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+    if not 0 < rate <= MAX_RATE:
+        raise ValueError(f"{value!r} is not a usable rate: it must be above 0 and at most {MAX_RATE:g}/s")
+    return rate
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,30 @@ def _check_url(value: object) -> str:
     return value.rstrip("/")
 
 
+def _show_duration(seconds: float) -> str:
+    return "0s" if seconds == 0 else format_duration(seconds)
+
+
+def between(low: float, high: float) -> AfterValidator:
+    """A duration bound, said in the file's own syntax ("between 100ms and 1h")."""
+
+    def check(seconds: float) -> float:
+        if not low <= seconds <= high:
+            raise ValueError(f"must be between {_show_duration(low)} and {_show_duration(high)}")
+        return seconds
+
+    return AfterValidator(check)
+
+
+def size_between(low: int, high: int) -> AfterValidator:
+    def check(size: int) -> int:
+        if not low <= size <= high:
+            raise ValueError(f"must be between {format_size(low)} and {format_size(high)}")
+        return size
+
+    return AfterValidator(check)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
 Size = Annotated[int, BeforeValidator(parse_size), PlainSerializer(format_size)]
 Rate = Annotated[float, BeforeValidator(parse_rate), PlainSerializer(lambda r: f"{r:g}/s")]
@@ -165,13 +204,23 @@ class ApiConfig(_Section):
     base_url: Url = "https://api.petstoreapi.com/v1"
     api_key_env: str = "PETSTORE_API_KEY"
     api_key_file: str | None = None
-    timeout: Duration = 10.0
-    connect_timeout: Duration = 5.0
+    timeout: Annotated[Duration, between(0.1, 3600.0)] = 10.0
+    connect_timeout: Annotated[Duration, between(0.1, 3600.0)] = 5.0
     max_connections: int = Field(default=10, ge=1, le=100)
 
 
 class StoreConfig(_Section):
     path: str = "/var/lib/syncd/mirror.db"
+
+    @field_validator("path")
+    @classmethod
+    def _a_file(cls, value: str) -> str:
+        # SQLite takes "" and ":memory:" as a temporary database: everything lost at exit.
+        if not value.strip() or value == ":memory:" or value.startswith("file:"):
+            raise ValueError(f"{value!r} is not a file path; the store must be a file that outlives syncd")
+        if "\0" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
 
 
 class SyncConfig(_Section):
@@ -191,19 +240,12 @@ class SyncConfig(_Section):
 
 
 class PollConfig(_Section):
-    interval: Duration = 30.0
-    safety_interval: Duration = 600.0
-    lookback: Duration = 15.0
+    interval: Annotated[Duration, between(0.1, MAX_DURATION)] = 30.0
+    safety_interval: Annotated[Duration, between(0.1, MAX_DURATION)] = 600.0
+    lookback: Annotated[Duration, between(0.0, 86400.0)] = 15.0
     page_size: int = Field(default=500, ge=1, le=1000)
-    full_relist_interval: Duration = 86400.0
-    jitter: Duration = 1.0
-
-    @field_validator("interval", "safety_interval", "full_relist_interval")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be longer than 0s")
-        return value
+    full_relist_interval: Annotated[Duration, between(1.0, MAX_DURATION)] = 86400.0
+    jitter: Annotated[Duration, between(0.0, 3600.0)] = 1.0
 
 
 class WebhookConfig(_Section):
@@ -212,14 +254,16 @@ class WebhookConfig(_Section):
     scheme: Literal["petstore", "standard-webhooks", "stripe", "github"] = "petstore"
     secret_env: str = "PETSTORE_WEBHOOK_SECRET"
     secret_file: str | None = None
-    tolerance: Duration = 300.0
-    max_body: Size = 1024 * 1024
+    #: 0 would refuse every signed timestamp; past a day, replay protection means little.
+    tolerance: Annotated[Duration, between(1.0, 86400.0)] = 300.0
+    #: Every body is buffered whole: the cap is also memory per request.
+    max_body: Annotated[Size, size_between(1024, 64 * 1024**2)] = 1024 * 1024
     allow_ips: tuple[Network, ...] = ()
     trusted_proxies: tuple[Network, ...] = ()
     rate_limit: Rate = 200.0
     fetch_thin_events: bool = True
-    dedupe_retention: Duration = 7 * 86400.0
-    audit_retention: Duration = 7 * 86400.0
+    dedupe_retention: Annotated[Duration, between(1.0, MAX_DURATION)] = 7 * 86400.0
+    audit_retention: Annotated[Duration, between(1.0, MAX_DURATION)] = 7 * 86400.0
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -235,20 +279,14 @@ class WebhookConfig(_Section):
             raise ValueError(f"{value!r} must start with '/'")
         return value
 
-    @field_validator("dedupe_retention", "audit_retention")
-    @classmethod
-    def _at_least_a_second(cls, value: float) -> float:
-        # Shorter than the provider's ~31.6 h retry schedule is allowed (a retry seen after its
-        # id was forgotten is decided again, and the reconciler finds it a duplicate), but it
-        # costs work and muddles event outcomes: `check_warnings` says so.
-        if value < 1:
-            raise ValueError("must be at least 1s")
-        return value
+    # A retention shorter than the provider's ~31.6 h retry schedule is allowed (a retry
+    # seen after its id was forgotten is decided again, and the reconciler finds it a
+    # duplicate), but it costs work and muddles event outcomes: `check_warnings` says so.
 
 
 class FallbackConfig(_Section):
-    silence: Duration = 300.0
-    missed_ratio: float = Field(default=0.05, ge=0.0, le=1.0)
+    silence: Annotated[Duration, between(1.0, MAX_DURATION)] = 300.0
+    missed_ratio: float = Field(default=0.05, ge=0.0, le=1.0, allow_inf_nan=False)
     #: Healthy checks in a row needed before leaving fallback (hysteresis against flapping).
     recover_after: int = Field(default=2, ge=1, le=100)
 
@@ -318,6 +356,10 @@ def _read_secret_file(source: str, key: str, path: str) -> str:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(source, key, f"cannot read secret file {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            source, key, f"secret file {path!r} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
 
 
 def _resolve_secret(
@@ -359,6 +401,10 @@ def load_config(
             raise ConfigError(source, None, f"cannot read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(source, None, f"not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                source, None, f"not valid TOML: not UTF-8 text (byte {exc.start}: {exc.reason})"
+            ) from None
     for reserved in ("source", "secrets"):
         if reserved in raw:
             raise ConfigError(source, reserved, "unknown key")
@@ -404,6 +450,12 @@ def load_config(
                 f"(comma-separated for rotation), webhook.secret_file, or the credential "
                 f"{WEBHOOK_SECRET_CREDENTIAL!r} in $CREDENTIALS_DIRECTORY",
             )
+    if secrets:
+        try:
+            make_verifier(cfg.webhook.scheme, secrets, tolerance=cfg.webhook.tolerance)
+        except ValueError as exc:
+            key = "webhook.secret_file" if cfg.webhook.secret_file else "webhook.secret_env"
+            raise ConfigError(source, key, f"unusable for scheme {cfg.webhook.scheme!r}: {exc}") from None
     if (cfg.webhook.tls_cert is None) != (cfg.webhook.tls_key is None):
         raise ConfigError(source, "webhook.tls_cert", "set both tls_cert and tls_key, or neither")
     return cfg.model_copy(update={"source": source, "secrets": Secrets(api_key, secrets)})

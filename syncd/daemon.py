@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,7 +29,7 @@ from syncd.admin import ReadinessInputs, create_admin_app
 from syncd.api import PetstoreClient
 from syncd.config import Config, check_warnings, load_config
 from syncd.daemon_io import DaemonServer, bind_listener, serving_heap, take_activated_sockets
-from syncd.errors import ConfigError, StoreClosedError
+from syncd.errors import ConfigError, StoreClosedError, StoreError, SyncdError
 from syncd.fallback import Switch, WebhookHealth
 from syncd.inbox import Inbox
 from syncd.logs import SecretRedactor, set_level, setup_logging
@@ -39,6 +40,7 @@ from syncd.receiver import uvicorn_config as receiver_uvicorn_config
 from syncd.reload import apply_live, changed_keys, restart_only_changes
 from syncd.scheduler import PollScheduler
 from syncd.store import Store, Writer, parse_iso, utc_iso
+from syncd.store_guard import FileIdentity, StoreLock, identity_problem
 from syncd.systemd import Notifier, watchdog_loop
 from syncd.worker import InboxWorker
 
@@ -49,6 +51,8 @@ EXIT_OK, EXIT_FAILURE = 0, 1
 #: and the 10 s the daemon promises.
 SHUTDOWN_BUDGET = 8.0
 PRUNE_PERIOD = 3600.0
+#: How often the main loop checks that the store file at the path is the one it writes.
+STORE_CHECK_PERIOD = 1.0
 
 
 def _meta_write(store: Store, values: dict[str, str]) -> None:
@@ -90,6 +94,7 @@ class Daemon:
         metrics: Metrics | None = None,
         redactor: SecretRedactor | None = None,
         load: Callable[[], Config] | None = None,
+        store_check_period: float = STORE_CHECK_PERIOD,
     ) -> None:
         self.cfg = cfg
         #: What the listeners, store and mode were started with; reloads cannot change it.
@@ -99,7 +104,9 @@ class Daemon:
         self.redactor = redactor
         self._load = load or (lambda: load_config(cfg.source))
         self.push = cfg.sync.mode == "push"
-        self.health: WebhookHealth | None = WebhookHealth(cfg.fallback) if self.push else None
+        self.health: WebhookHealth | None = (
+            WebhookHealth(cfg.fallback, catching_up=cfg.sync.resources) if self.push else None
+        )
         self.writer: Writer | None = None
         self.client: PetstoreClient | None = None
         self.poller: Poller | None = None
@@ -118,6 +125,13 @@ class Daemon:
         self._last_prune = 0.0
         self._catch_up = False
         self.lags: dict[str, float] = {}
+        self._store_lock: StoreLock | None = None
+        self._store_identity: FileIdentity | None = None
+        self._store_check_period = store_check_period
+        self._last_store_check = 0.0
+        #: Set once the store file was found removed or replaced: the daemon is on its way out.
+        self.store_lost: str | None = None
+        self._exit_code = EXIT_OK
 
     # -- public API -------------------------------------------------------------------------
 
@@ -141,7 +155,7 @@ class Daemon:
                 await self.startup()
             except Exception as exc:
                 log.error(
-                    "syncd could not start: %s", exc, exc_info=not isinstance(exc, OSError | ConfigError)
+                    "syncd could not start: %s", exc, exc_info=not isinstance(exc, OSError | SyncdError)
                 )
                 await self.shutdown()
                 return EXIT_FAILURE
@@ -150,7 +164,7 @@ class Daemon:
                     await self.main_loop()
             finally:
                 await self.shutdown()
-        return EXIT_OK
+        return self._exit_code
 
     def request_stop(self) -> None:
         """Graceful stop; safe to call any number of times."""
@@ -163,8 +177,14 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = await asyncio.to_thread(self._load)
-        except (ConfigError, OSError) as exc:
-            log.error("config reload rejected, keeping the running config: %s", exc)
+        except Exception as exc:
+            # Whatever the file holds, the reload task must end by telling systemd READY=1
+            # again, or the unit stays "reloading" for good.
+            log.error(
+                "config reload rejected, keeping the running config: %s",
+                exc,
+                exc_info=not isinstance(exc, ConfigError | OSError),
+            )
             self.notifier.ready(self.status_text())
             return False
         for key in restart_only_changes(self.started_cfg, new):
@@ -215,9 +235,14 @@ class Daemon:
         for warning in check_warnings(cfg):
             log.warning("config: %s", warning)
         path = cfg.store.path
+        # Before the store is opened, so a second daemon touches nothing, not even the pid.
+        lock = StoreLock(path)
+        lock.acquire()
+        self._store_lock = lock
         writer = Writer(lambda: Store(path))
         await asyncio.to_thread(writer.start)
         self.writer = writer
+        self._store_identity = FileIdentity.of(os.stat(path))
         now = time.time()
         meta = {
             status_keys.META_DAEMON_PID: str(os.getpid()),
@@ -227,14 +252,18 @@ class Daemon:
             status_keys.META_MODE_REASON: f"started in {cfg.sync.mode} mode",
             status_keys.META_MODE_SINCE: utc_iso(now),
         }
-        await writer.run(_meta_write, meta)
+        try:
+            await writer.run(_meta_write, meta)
+        except sqlite3.Error as exc:
+            # A store that opens but takes no writes (a read-only file): say so in one line.
+            raise StoreError(f"cannot write to store {path}: {exc}") from None
         self.metrics.set_mode(self.mode)
         self.client = PetstoreClient.from_config(cfg, self.metrics)
         self.poller = Poller(self.client, writer, cfg, metrics=self.metrics)
 
         activated = take_activated_sockets(push=self.push)
         if self.push:
-            self.inbox = Inbox(writer, metrics=self.metrics)
+            self.inbox = Inbox(writer, metrics=self.metrics, guard=self._store_file_problem)
             await self.inbox.start()
             self.worker = InboxWorker(
                 writer, self.client, fetch_thin=cfg.webhook.fetch_thin_events, metrics=self.metrics
@@ -298,11 +327,39 @@ class Daemon:
 
     def _tick_seconds(self) -> float:
         silence = self.cfg.fallback.silence if self.push else 5.0
-        return max(0.05, min(1.0, silence / 4))
+        return max(0.05, min(1.0, silence / 4, self._store_check_period))
+
+    def _store_file_problem(self) -> str | None:
+        """Why the file at store.path is not the store this daemon writes (or its lock is
+        gone), or None. A stat or two: cheap enough to run before every inbox commit."""
+        if self.store_lost is not None:
+            return self.store_lost
+        if self._store_identity is None:
+            return None
+        problem = identity_problem(self.cfg.store.path, self._store_identity)
+        if problem is None and self._store_lock is not None:
+            problem = self._store_lock.problem()
+        return problem
+
+    def _check_store_file(self) -> None:
+        problem = self._store_file_problem()
+        if problem is None or self.store_lost is not None:
+            return
+        self.store_lost = problem
+        # Acknowledging into a file nobody will open again loses every event after a restart;
+        # exiting non-zero lets the service manager start syncd again on the file at the path.
+        log.error("%s: refusing deliveries and exiting to be restarted on the current file", problem)
+        self._exit_code = EXIT_FAILURE
+        self.request_stop()
 
     async def tick(self) -> None:
         """One round of the main loop: webhook health, status, heartbeat, pruning."""
         now = time.time()
+        if now - self._last_store_check >= self._store_check_period:
+            self._last_store_check = now
+            self._check_store_file()
+            if self.store_lost is not None:
+                return
         if self.health is not None:
             await self._check_health()
         if self._catch_up and self.scheduler is not None:
@@ -349,7 +406,9 @@ class Daemon:
             self.lags[result.resource] = max(0.0, time.time() - parse_iso(result.cursor))
         if self.health is None or result.stopped:
             return
-        switch = self.health.poll_finished(fresh=result.fresh, applied=result.applied, kind=result.kind)
+        switch = self.health.poll_finished(
+            fresh=result.fresh, applied=result.applied, kind=result.kind, resource=result.resource
+        )
         if switch is not None:
             await self._apply_switch(switch)
 
@@ -407,6 +466,8 @@ class Daemon:
             await self.client.aclose()
         if self.writer is not None:
             await asyncio.to_thread(self.writer.stop)
+        if self._store_lock is not None:
+            self._store_lock.release()
         log.info("syncd stopped")
 
     # -- helpers ------------------------------------------------------------------------------
@@ -425,7 +486,22 @@ class Daemon:
         successes = [s for _, s in snapshot.values()]
         oldest = None if any(s is None for s in successes) else min(s for s in successes if s is not None)
         webhook = self.inbox.last_delivery_at if self.inbox is not None else None
-        return ReadinessInputs(True, self.mode, self.current_interval, oldest, webhook)
+        return ReadinessInputs(
+            True, self.mode, self.current_interval, oldest, webhook, self._store_problem(successes)
+        )
+
+    def _store_problem(self, poll_successes: list[float | None]) -> str | None:
+        """Why the store is not taking writes, if it is not: deliveries refused since their
+        last commit failed (until a commit, a delivery's or a poll's, succeeds again)."""
+        if self.store_lost is not None:
+            return self.store_lost
+        inbox = self.inbox
+        if inbox is None or inbox.last_failure_at is None:
+            return None
+        failed = inbox.last_failure_at
+        if any(s is not None and s > failed for s in poll_successes):
+            return None
+        return f"webhook deliveries cannot be committed: {inbox.last_failure}"
 
     async def _refresh_gauges(self) -> None:
         try:

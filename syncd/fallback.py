@@ -14,6 +14,9 @@ Rules (design.md, "Modes"):
   least `min_sample` fresh changes, so one race between a webhook and a poll in a quiet
   moment does not count as a verdict. Full listings are not judged: they re-read everything,
   including what no webhook was ever going to send.
+- The first poll of each resource after a start is not judged: it catches up on everything
+  that changed while the daemon was down, which no webhook could bring (the provider's
+  retries race it), so it says nothing about the webhooks.
 - One unhealthy verdict switches to fallback at once (missing changes is the costly
   failure); returning takes `fallback.recover_after` healthy verdicts in a row, so a
   borderline endpoint does not flap between the two.
@@ -22,7 +25,7 @@ Rules (design.md, "Modes"):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,7 +59,9 @@ class WebhookHealth:
         clock: Callable[[], float] = time.monotonic,
         min_sample: int = DEFAULT_MIN_SAMPLE,
         mode: HealthMode = "push",
+        catching_up: Iterable[str] = (),
     ) -> None:
+        """`catching_up`: resources whose next poll (the first after a start) is not judged."""
         if min_sample < 1:
             raise ValueError(f"min_sample must be at least 1, got {min_sample}")
         self._cfg = cfg
@@ -74,6 +79,7 @@ class WebhookHealth:
         self._receiver_serving = True
         self._fresh = 0
         self._applied = 0
+        self._catching_up = set(catching_up)
 
     @property
     def config(self) -> FallbackConfig:
@@ -122,7 +128,9 @@ class WebhookHealth:
         # The next probe waits for another full silence period.
         self._quiet_since = self._clock()
 
-    def poll_finished(self, *, fresh: int, applied: int, kind: str = "incremental") -> Switch | None:
+    def poll_finished(
+        self, *, fresh: int, applied: int, kind: str = "incremental", resource: str | None = None
+    ) -> Switch | None:
         """One poll of one resource finished: it saw `fresh` new changes and had to write
         `applied` records. While a probe is out, its polls are the next ones to finish.
         Returns the switch it causes, if any."""
@@ -131,6 +139,9 @@ class WebhookHealth:
         is_probe = self._probe_left > 0
         if is_probe:
             self._probe_left -= 1
+        if resource is not None and resource in self._catching_up:
+            self._catching_up.discard(resource)
+            return None
         if kind == "full":
             return None
         if is_probe and applied > 0:

@@ -194,7 +194,10 @@ class Inbox:
         max_waiting: int = 4096,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        guard: Callable[[], str | None] | None = None,
     ) -> None:
+        """`guard`, run on the writer thread before every commit, says why the store must not
+        take deliveries now (its file was removed or replaced), or None."""
         if max_batch < 1 or max_waiting < 1:
             raise ValueError(f"max_batch ({max_batch}) and max_waiting ({max_waiting}) must be >= 1")
         self._writer = writer
@@ -202,6 +205,7 @@ class Inbox:
         self._max_waiting = max_waiting
         self._metrics = metrics
         self._clock = clock
+        self._guard = guard
         #: Appended on the event loop, taken on the writer thread (under `_lock`).
         self._queue: deque[_Waiting] = deque()
         self._lock = threading.Lock()
@@ -212,7 +216,12 @@ class Inbox:
         self._answered_all = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Callable[[], None]] = []
+        #: When a delivery was last committed: only durable deliveries count as webhooks
+        #: arriving (for readiness and fallback health), never ones answered 503.
         self.last_delivery_at: float | None = None
+        #: When a commit last failed, and why; cleared by the next commit that succeeds.
+        self.last_failure_at: float | None = None
+        self.last_failure: str | None = None
         #: Transactions committed and deliveries they held, for tests and status.
         self.commits = 0
         self.committed = 0
@@ -245,7 +254,6 @@ class Inbox:
             raise InboxFullError(delivery.event_id, self._max_waiting)
         waiting = _Waiting(delivery, loop.create_future())
         self._unanswered += 1
-        self.last_delivery_at = self._clock()
         with self._lock:
             self._queue.append(waiting)
             start = not self._draining
@@ -281,6 +289,9 @@ class Inbox:
         error: Exception | None = None
         if batch:
             try:
+                problem = self._guard() if self._guard is not None else None
+                if problem is not None:
+                    raise StoreError(problem)
                 results = commit_deliveries(store, [w.delivery for w in batch])
             except Exception as exc:  # every waiter must get an answer, whatever broke
                 error = exc
@@ -299,6 +310,8 @@ class Inbox:
         self._unanswered -= len(batch)
         if results is None:
             log.error("inbox commit of %d deliveries failed: %s", len(batch), error)
+            self.last_failure_at = self._clock()
+            self.last_failure = str(error)
             failure = InboxCommitError(
                 [w.delivery.event_id for w in batch], error or RuntimeError("commit failed")
             )
@@ -308,6 +321,8 @@ class Inbox:
         else:
             self.commits += 1
             self.committed += len(batch)
+            self.last_delivery_at = self._clock()
+            self.last_failure_at = self.last_failure = None
             accepted = 0
             for w, result in zip(batch, results, strict=True):
                 if result == "accepted":

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from syncd.config import Config
+from syncd.errors import StoreError
 from syncd.store import MIRROR_RESOURCES, Store, parse_iso, utc_iso
 
 #: _meta keys the daemon maintains (see syncd.daemon).
@@ -201,6 +202,8 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
             "SELECT COUNT(*), COUNT(*) - COUNT(replayed_at) FROM _dead_letters"
         ).fetchone()
         resources = _resources(conn, names, now)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read store {cfg.store.path}: {exc}") from None
     finally:
         conn.close()
     pid = int(meta[META_DAEMON_PID]) if META_DAEMON_PID in meta else None

@@ -397,7 +397,24 @@ class Store:
         """A read-only connection for status, readiness and verify; never writes."""
         if not Path(path).exists():
             raise StoreError(f"no store at {path}")
-        return _connect(str(path), readonly=True)
+        conn = _connect(str(path), readonly=True)
+        try:
+            has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE name='_meta'").fetchone()
+            row = (
+                conn.execute("SELECT value FROM _meta WHERE key='schema_version'").fetchone()
+                if has_meta
+                else None
+            )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot read store {path}: {exc}") from None
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"{path} has schema version {row[0]}, newer than this syncd understands"
+                f" ({SCHEMA_VERSION}); upgrade syncd"
+            )
+        return conn
 
 
 #: Rows per multi-row INSERT at most.

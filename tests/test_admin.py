@@ -132,3 +132,12 @@ def test_nothing_else_is_served(admin: tuple[str, Metrics, State]) -> None:
     url, _, _ = admin
     assert httpx.get(url + "/webhooks/petstore").status_code == 404
     assert httpx.post(url + "/metrics").status_code == 405
+
+
+def test_not_ready_while_the_store_cannot_commit_however_recent_the_sync() -> None:
+    failing = ReadinessInputs(
+        True, "push", 30, NOW - 1, NOW - 1, "webhook deliveries cannot be committed: full"
+    )
+    assert judge_readiness(failing, NOW) == (False, "webhook deliveries cannot be committed: full")
+    recovered = ReadinessInputs(True, "push", 30, NOW - 1, NOW - 1, None)
+    assert judge_readiness(recovered, NOW)[0]

@@ -216,3 +216,24 @@ def test_invalid_construction_is_rejected() -> None:
     health, _ = make()
     with pytest.raises(ValueError, match="at least one poll"):
         health.start_probe(0)
+
+
+def test_the_first_poll_of_each_resource_after_a_start_is_not_judged() -> None:
+    clock = FakeClock()
+    health = WebhookHealth(fallback_config(ratio=0.05), clock=clock, catching_up=("orders", "customers"))
+    # Everything changed while the daemon was down is written by the catch-up polls.
+    assert health.poll_finished(fresh=12, applied=12, resource="orders") is None
+    assert health.poll_finished(fresh=30, applied=30, resource="customers") is None
+    assert health.mode == "push"
+    # From the second poll of a resource on, polls are judged again.
+    switch = health.poll_finished(fresh=12, applied=12, resource="orders")
+    assert switch is not None
+    assert switch.to == "fallback"
+    assert "12 of 12" in switch.reason
+
+
+def test_a_resource_not_catching_up_is_judged_from_its_first_poll() -> None:
+    health = WebhookHealth(fallback_config(ratio=0.05), clock=FakeClock(), catching_up=("orders",))
+    switch = health.poll_finished(fresh=12, applied=12, resource="inventory")
+    assert switch is not None
+    assert switch.to == "fallback"
