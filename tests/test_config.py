@@ -326,4 +326,10 @@ def test_example_config_unset_keys_are_the_ones_without_default() -> None:
     defaults = Config().model_dump()
     unset = {key for key in all_keys() if defaults[key.split(".")[0]][key.split(".")[1]] is None}
     assert set_in_file == all_keys() - unset
-    assert unset == {"api.api_key_file", "webhook.secret_file", "webhook.tls_cert", "webhook.tls_key"}
+    assert unset == {
+        "api.api_key_file",
+        "api.rate_limit",
+        "webhook.secret_file",
+        "webhook.tls_cert",
+        "webhook.tls_key",
+    }
