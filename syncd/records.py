@@ -114,6 +114,8 @@ def parse_record(resource: str, obj: object, source: Source) -> Change:
     if not isinstance(obj, dict):
         raise RecordError(f"record must be a JSON object, got {type(obj).__name__}", resource=resource)
     record_id = _check_id(obj.get("id"), resource)
+    if type(record_id) is not type(obj["id"]):
+        obj = {**obj, "id": record_id}  # the mirror row is keyed by the normalized id
     version = obj.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise RecordError(

@@ -263,7 +263,7 @@ class EventProcessor:
         if change.id != ref.id:
             s.outcome = RETRY
             s.reason = f"fetched record has id {change.id!r}, not the {ref.id!r} the event named"
-            log.warning("event %s: %s %s; will retry", ref.event_id, ref.resource, s.reason)
+            log.warning("event %s: %s %r: %s; will retry", ref.event_id, ref.resource, ref.id, s.reason)
             if self._metrics is not None:
                 self._metrics.fetch_id_mismatches.inc()
             return
