@@ -474,7 +474,10 @@ class PetstoreClient:
             response = await self.request("GET", path, kind="fetch", on_send=on_send)
         except ApiNotFoundError:
             return None
-        record = response.json()
+        try:
+            record = response.json()
+        except ApiError:
+            raise ApiError(f"GET {path}: response is not JSON", status=response.status_code) from None
         if not isinstance(record, dict):
             raise ApiError(f"GET {path}: expected a JSON object", status=response.status_code)
         return record
