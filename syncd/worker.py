@@ -260,7 +260,9 @@ class EventProcessor:
         except RecordError as exc:
             s.outcome, s.reason = INVALID, f"fetched record: {exc.reason}"
             return
-        if change.id != ref.id:
+        # Ids are compared as text: an integer-id resource's ids are normalized already, and
+        # a string-id record keeps the spelling its own record gives.
+        if str(change.id) != str(ref.id):
             s.outcome = RETRY
             s.reason = f"fetched record has id {change.id!r}, not the {ref.id!r} the event named"
             log.warning("event %s: %s %r: %s; will retry", ref.event_id, ref.resource, ref.id, s.reason)

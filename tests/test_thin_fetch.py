@@ -177,8 +177,10 @@ async def test_a_record_answered_for_another_id_is_refused_and_the_event_retried
 async def test_order_ids_spelled_as_digits_are_one_record(
     api: HostileApi, writer: Writer, tmp_path: Path
 ) -> None:
-    # The listing says 12; a thin event says "12"; a full snapshot says "12".
+    # The listing says 12; a thin event says "12"; a full snapshot says "12". Another
+    # listed order says "13".
     api.put("orders", order(12, 1))
+    api.put("orders", order("13", 1))  # type: ignore[arg-type]
     api.put("customers", customer("007"))
     cfg = make_config(api.base_url, tmp_path / "mirror.db")
     async with PetstoreClient(api.base_url, "k") as client:
@@ -193,8 +195,9 @@ async def test_order_ids_spelled_as_digits_are_one_record(
         )
         await InboxWorker(writer, client, fetch_thin=True).drain()
     db = tmp_path / "mirror.db"
-    assert read_db(db, "SELECT id, typeof(id), status, _version FROM orders") == [
-        (12, "integer", "shipped", 3)
+    assert read_db(db, "SELECT id, typeof(id), status, _version FROM orders ORDER BY id") == [
+        (12, "integer", "shipped", 3),
+        (13, "integer", "placed", 1),
     ]
     assert [s.target for s in api.gets("orders")] == ["/v1/orders/12"]
     ev = events(db)
