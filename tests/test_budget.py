@@ -1,4 +1,5 @@
-"""The request budget on a clock the test moves: order, priority, cancellation, rate changes."""
+"""The request budget on a clock the test moves: order, priority, cancellation, rate changes
+(also by a reload of the running daemon)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import asyncio
 
 import pytest
 
+from syncd.api import PetstoreClient
 from syncd.budget import RequestBudget, RequestKind
+from syncd.config import Config, Secrets
+from syncd.daemon import Daemon
 from syncd.metrics import Metrics
 from tests.fake_clocks import ManualClock
 
@@ -91,3 +95,25 @@ async def test_a_new_rate_applies_to_requests_already_waiting() -> None:
 def test_a_rate_of_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="rate above 0"):
         RequestBudget(0.0)
+
+
+async def test_a_reload_changes_the_rate_of_the_running_client() -> None:
+    def config(rate: str | None) -> Config:
+        api: dict[str, str] = {"base_url": "http://127.0.0.1:9/v1"}
+        if rate is not None:
+            api["rate_limit"] = rate
+        cfg = Config.model_validate({"api": api, "sync": {"mode": "poll"}})
+        return cfg.model_copy(update={"secrets": Secrets("k", ())})
+
+    new: list[Config] = [config("5/s")]
+    daemon = Daemon(config(None), load=lambda: new[0])
+    daemon.client = PetstoreClient.from_config(daemon.cfg, daemon.metrics)
+    try:
+        assert daemon.client.budget.rate is None
+        assert await daemon.reload()
+        assert daemon.client.budget.rate == 5.0
+        new[0] = config(None)
+        assert await daemon.reload()
+        assert daemon.client.budget.rate is None
+    finally:
+        await daemon.client.aclose()
