@@ -121,6 +121,25 @@ async def test_a_dripped_body_is_cut_off_by_the_whole_request_timeout(
     assert_first_sync_intact(tmp_path, **{"3": 1})
 
 
+async def test_a_slow_answer_that_ends_within_the_timeout_is_taken(
+    api: HostileApi, writer: Writer, tmp_path: Path
+) -> None:
+    async def slow(seen: Seen, w: asyncio.StreamWriter) -> bool:
+        body = api.answer(seen)
+        for start in range(0, len(body), 16):
+            w.write(body[start : start + 16])
+            await w.drain()
+            await asyncio.sleep(0.01)
+        return True
+
+    api.fault = slow
+    async with PetstoreClient(api.base_url, "k", timeout=20, retry_attempts=1) as client:
+        poller = poller_for(api, writer, tmp_path, client)
+        await first_sync(api, poller)
+    assert client.stats.retries == 0
+    assert_first_sync_intact(tmp_path)
+
+
 # -- response size ---------------------------------------------------------------------------
 
 

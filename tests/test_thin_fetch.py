@@ -211,18 +211,23 @@ async def test_order_ids_spelled_as_digits_are_one_record(
 async def test_an_oversized_record_leaves_its_event_to_retry_and_the_others_apply(
     api: HostileApi, writer: Writer, tmp_path: Path
 ) -> None:
-    api.put("orders", order(1, 1, note="n" * 5000))
-    api.put("orders", order(2, 1))
+    # Record 2 is exactly api.max_response long; record 1 one byte longer.
+    api.put("orders", order(1, 1, note="n" * 2001))
+    api.put("orders", order(2, 1, note="n" * 2000))
+    limit = len(json.dumps(order(2, 1, note="n" * 2000)).encode())
     await put(
         writer,
         ("big", envelope("big", "order.updated", {"id": 1})),
         ("ok", envelope("ok", "order.updated", {"id": 2})),
     )
-    async with PetstoreClient(api.base_url, "k", max_response=4096) as client:
+    metrics = Metrics()
+    async with PetstoreClient(api.base_url, "k", max_response=limit, metrics=metrics) as client:
         await InboxWorker(writer, client, fetch_thin=True).drain()
     db = tmp_path / "mirror.db"
     assert read_db(db, "SELECT id FROM orders") == [(2,)]
+    assert events(db)["ok"] == ("applied", "2", 1)
     assert inbox_ids(db) == {"big"}
+    assert metrics.api_requests.labels(kind="fetch", status="too_large")._value.get() == 1
 
 
 # -- the request budget ----------------------------------------------------------------------
