@@ -60,7 +60,7 @@ RETRY = "retry"
 #: Records a fetch is remembered for, to answer later thin events received before it.
 COVERED_RECORDS = 10_000
 #: What a covered thin event is recorded as: its change is already in the mirror.
-DUPLICATE = "duplicate"
+DUPLICATE = Outcome.DUPLICATE.value
 
 
 class RecordFetcher(Protocol):
@@ -163,6 +163,9 @@ class EventProcessor:
                 self._covered.popitem(last=False)
 
     def _answer_from_covered(self, s: Settled, key: tuple[str, RecordId]) -> bool:
+        # Receipt and send times are both this host's wall clock (receipts are stored); a
+        # clock stepped back between them could answer an event from too early a fetch,
+        # which the next poll repairs.
         covered = self._covered.get(key)
         if covered is None or s.item.received_at > covered[0]:
             return False
