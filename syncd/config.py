@@ -207,6 +207,22 @@ class ApiConfig(_Section):
     timeout: Annotated[Duration, between(0.1, 3600.0)] = 10.0
     connect_timeout: Annotated[Duration, between(0.1, 3600.0)] = 5.0
     max_connections: int = Field(default=10, ge=1, le=100)
+    max_response: Size = 64 * 1024 * 1024
+    rate_limit: Rate | None = None
+
+    @field_validator("max_response")
+    @classmethod
+    def _sane_max_response(cls, value: int) -> int:
+        if not 1024 <= value <= 4 * 1024**3:
+            raise ValueError("must be between 1KiB and 4GiB")
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _positive_rate(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= 1e6:
+            raise ValueError("must be above 0 (e.g. '10/s'); leave it unset for no limit")
+        return value
 
 
 class StoreConfig(_Section):

@@ -207,6 +207,8 @@ class Daemon:
             self.poller.cfg = live
         if self.client is not None and live.secrets.api_key and live.secrets.api_key != previous_key:
             self.client.set_api_key(live.secrets.api_key)
+        if self.client is not None and self.client.budget.rate != live.api.rate_limit:
+            self.client.budget.set_rate(live.api.rate_limit)
         if self._receiver_app is not None:
             self._receiver_app.state.update_settings(live.webhook, live.secrets.webhook_secrets)
         if self.scheduler is not None:

@@ -59,10 +59,27 @@ class CursorExpiredError(ApiError):
     """400 cursor_expired: the listing must start again from its `since`."""
 
 
-class RateLimitedError(ApiError):
-    """429 with the number of seconds the API asked us to wait."""
+class ApiTlsError(ApiError):
+    """The API's TLS certificate failed verification: retrying cannot fix a certificate."""
 
-    def __init__(self, message: str, *, retry_after: float) -> None:
+
+class ApiResponseTooLargeError(ApiError):
+    """An answer larger than `api.max_response`, refused while it streamed in."""
+
+    def __init__(self, what: str, limit: int, *, declared: int | None = None) -> None:
+        self.limit = limit
+        size = f"declares {declared} bytes" if declared is not None else f"is larger than {limit} bytes"
+        super().__init__(
+            f"{what}: response {size}, over api.max_response ({limit} bytes); "
+            "lower poll.page_size or raise api.max_response"
+        )
+
+
+class RateLimitedError(ApiError):
+    """429 with the number of seconds the API asked us to wait (None: it gave no usable
+    Retry-After, so the client backs off)."""
+
+    def __init__(self, message: str, *, retry_after: float | None) -> None:
         self.retry_after = retry_after
         super().__init__(message, status=429, code="rate_limited")
 

@@ -52,7 +52,33 @@ class Metrics:
             "syncd_poll_errors", "Failed polls by resource and error kind", ["resource", "kind"], registry=r
         )
         self.api_requests = Counter(
-            "syncd_api_requests", "Requests made to the Pet Store API, by status", ["status"], registry=r
+            "syncd_api_requests",
+            "Requests made to the Pet Store API, by kind (poll, relist, fetch, other) and status",
+            ["kind", "status"],
+            registry=r,
+        )
+        self.api_budget_wait = Histogram(
+            "syncd_api_budget_wait_seconds",
+            "Time a request waited for the client-side request budget (api.rate_limit), by kind",
+            ["kind"],
+            buckets=(0.0, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.api_budget_waiting = Gauge(
+            "syncd_api_budget_waiting",
+            "Requests waiting for the request budget now, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.fetch_id_mismatches = Counter(
+            "syncd_fetch_id_mismatches",
+            "Fetched records refused because their id is not the one requested (the event is retried)",
+            registry=r,
+        )
+        self.thin_fetches_saved = Counter(
+            "syncd_thin_fetches_saved",
+            "Thin events answered by a fetch of the same record made for another event",
+            registry=r,
         )
         self.api_bytes = Counter(
             "syncd_api_response_bytes", "Bytes received from the Pet Store API", registry=r

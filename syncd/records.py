@@ -79,11 +79,33 @@ def resource_for_event(event_type: str) -> str | None:
     return None
 
 
+#: Resources whose ids are integers by the contract; the others' ids are strings.
+INTEGER_ID_RESOURCES = frozenset({"orders"})
+_DECIMAL_ID_RE = re.compile(r"[0-9]+")
+
+
 def _check_id(value: object, resource: str) -> RecordId:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise RecordError(f"id must be an integer or a string, got {value!r}", resource=resource)
     if isinstance(value, str) and not value:
         raise RecordError("id must not be empty", resource=resource)
+    return normalize_id(resource, value)
+
+
+def normalize_id(resource: str, value: RecordId) -> RecordId:
+    """One spelling per record: an order id written as ASCII decimal digits ("12") is the
+    integer it spells (12), so a thin event, a webhook snapshot and a listing all name the
+    same row. Nothing else changes: string ids of customers and inventory stay strings even
+    when they look numeric ("007" must not become 7), and an order id that is not all digits
+    stays the string it is, as does one past SQLite's 64-bit integers."""
+    if (
+        resource in INTEGER_ID_RESOURCES
+        and isinstance(value, str)
+        and len(value) <= 19
+        and _DECIMAL_ID_RE.fullmatch(value)
+        and int(value) < 2**63
+    ):
+        return int(value)
     return value
 
 
@@ -92,6 +114,8 @@ def parse_record(resource: str, obj: object, source: Source) -> Change:
     if not isinstance(obj, dict):
         raise RecordError(f"record must be a JSON object, got {type(obj).__name__}", resource=resource)
     record_id = _check_id(obj.get("id"), resource)
+    if type(record_id) is not type(obj["id"]):
+        obj = {**obj, "id": record_id}  # the mirror row is keyed by the normalized id
     version = obj.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise RecordError(

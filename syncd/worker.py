@@ -8,16 +8,25 @@ again, and the reconciler makes the repeat harmless.
 
 A thin event whose fetch fails stays in the inbox: the worker moves on to later rows and
 comes back to the failed ones after a backoff, so an API outage delays thin events without
-holding up full ones, and memory holds no per-event retry state.
+holding up full ones, and memory holds no per-event retry state. So does one whose fetched
+record carries another id than the event named: that is the API's answer going wrong (a
+proxy or cache mixing up paths), not the event, which stays good to retry.
+
+Fetches are coalesced per record. Thin events in one batch that name one record share one
+fetch, and a fetch sent at time T answers every later thin event for that record received
+before T: the event's change happened before it was delivered, so the record read at T
+already holds it (or the record was gone by T). After a burst of thousands of thin events
+for a few records, each record costs one fetch, not one per event or per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,10 +34,11 @@ from typing import Any, Protocol
 from syncd.errors import RecordError
 from syncd.inbox import parsed_bodies, replayable_transaction
 from syncd.metrics import Metrics
-from syncd.reconcile import apply_batch
+from syncd.reconcile import Outcome, apply_batch
 from syncd.records import (
     TEST_EVENT,
     Change,
+    RecordId,
     ThinRef,
     change_from_envelope,
     envelope_from_object,
@@ -41,12 +51,22 @@ log = logging.getLogger("syncd.worker")
 
 #: Outcomes recorded for events that carry no change for the mirror.
 TEST, IGNORED, INVALID, GONE, UNFETCHED = "test", "ignored", "invalid", "gone", "unfetched"
+#: Reconciler outcomes: after any of them the mirror holds at least the fetched version.
+_APPLIED_OUTCOMES = tuple(o.value for o in Outcome)
 #: A thin event whose record could not be fetched: it stays where it is, to be retried.
 RETRY = "retry"
 
 
+#: Records a fetch is remembered for, to answer later thin events received before it.
+COVERED_RECORDS = 10_000
+#: What a covered thin event is recorded as: its change is already in the mirror.
+DUPLICATE = Outcome.DUPLICATE.value
+
+
 class RecordFetcher(Protocol):
-    async def get_record(self, resource: str, record_id: int | str) -> dict[str, Any] | None: ...
+    async def get_record(
+        self, resource: str, record_id: int | str, *, on_send: Callable[[], None] | None = None
+    ) -> dict[str, Any] | None: ...
 
 
 @dataclass(slots=True)
@@ -72,22 +92,92 @@ class Settled:
     resource: str | None = None
     record_id: str | None = None
     ref: ThinRef | None = None
+    #: When the fetch that answered this thin event was sent (None: no fetch answered it).
+    fetched_at: float | None = None
+    #: Version to record for an event answered without a change of its own.
+    version: int | None = None
+
+
+@dataclass(slots=True)
+class _Fetch:
+    """One fetch of one record, shared by every thin event that joined it."""
+
+    task: asyncio.Future[dict[str, Any] | None]
+    #: Processor clock when the request (its latest attempt) was sent; None while it waits.
+    sent_at: float | None = None
 
 
 class EventProcessor:
     """Parses events and fetches thin ones. Shared by the worker and dead-letter replay."""
 
-    def __init__(self, client: RecordFetcher | None, *, fetch_thin: bool, fetch_concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        client: RecordFetcher | None,
+        *,
+        fetch_thin: bool,
+        fetch_concurrency: int = 8,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._client = client
         self._fetch_thin = fetch_thin
         self._limit = asyncio.Semaphore(fetch_concurrency)
+        self._clock = clock
+        self._metrics = metrics
+        self._inflight: dict[tuple[str, RecordId], _Fetch] = {}
+        #: (resource, id) -> (when the committed fetch was sent, version it found; None: gone).
+        #: Bounded: forgetting an entry costs one more fetch, nothing else.
+        self._covered: OrderedDict[tuple[str, RecordId], tuple[float, int | None]] = OrderedDict()
+        #: Fetches this processor made and thin events answered by another event's fetch.
+        self.fetches = 0
+        self.saved = 0
 
     async def prepare(self, items: Sequence[Pending]) -> list[Settled]:
         settled = [self._parse(item) for item in items]
-        thin = [s for s in settled if s.outcome is None and s.ref is not None]
-        if thin:
-            await asyncio.gather(*(self._fetch(s) for s in thin))
+        groups: dict[tuple[str, RecordId], list[Settled]] = {}
+        for s in settled:
+            if s.outcome is not None or s.ref is None:
+                continue
+            key = (s.ref.resource, s.ref.id)
+            if self._answer_from_covered(s, key):
+                continue
+            groups.setdefault(key, []).append(s)
+        if groups:
+            await asyncio.gather(*(self._fetch_group(key, group) for key, group in groups.items()))
         return settled
+
+    def committed(self, settled: Iterable[Settled]) -> None:
+        """Called once `settled` is committed: its fetched records may now answer later thin
+        events (never before: a lost commit would leave them answered by nothing)."""
+        for s in settled:
+            if s.fetched_at is None or s.ref is None or s.outcome not in (*_APPLIED_OUTCOMES, GONE):
+                continue
+            key = (s.ref.resource, s.ref.id)
+            version = s.change.version if s.change is not None else s.version
+            previous = self._covered.pop(key, None)
+            if previous is None or previous[0] <= s.fetched_at:
+                self._covered[key] = (s.fetched_at, version)
+            else:
+                self._covered[key] = previous
+            while len(self._covered) > COVERED_RECORDS:
+                self._covered.popitem(last=False)
+
+    def _answer_from_covered(self, s: Settled, key: tuple[str, RecordId]) -> bool:
+        # Receipt and send times are both this host's wall clock (receipts are stored); a
+        # clock stepped back between them could answer an event from too early a fetch,
+        # which the next poll repairs.
+        covered = self._covered.get(key)
+        if covered is None or s.item.received_at > covered[0]:
+            return False
+        s.outcome = DUPLICATE if covered[1] is not None else GONE
+        s.version = covered[1]
+        self._saved(1)
+        return True
+
+    def _saved(self, n: int) -> None:
+        self.saved += n
+        if self._metrics is not None and n:
+            self._metrics.thin_fetches_saved.inc(n)
 
     def _parse(self, item: Pending) -> Settled:
         event_type: str | None = None
@@ -114,19 +204,57 @@ class EventProcessor:
             settled.outcome = UNFETCHED
         return settled
 
-    async def _fetch(self, s: Settled) -> None:
-        ref, client = s.ref, self._client
-        assert ref is not None
-        assert client is not None
+    async def _fetch_group(self, key: tuple[str, RecordId], group: list[Settled]) -> None:
+        latest = max(s.item.received_at for s in group)
+        fetch = self._inflight.get(key)
+        # Joining a fetch already sent is only sound for events received before it was sent.
+        if fetch is None or (fetch.sent_at is not None and fetch.sent_at < latest):
+            fetch = _Fetch(asyncio.ensure_future(self._get(key)))
+            fetch.task.add_done_callback(functools.partial(self._forget, key, fetch))
+            self._inflight[key] = fetch
+            self.fetches += 1
+            self._saved(len(group) - 1)
+        else:
+            self._saved(len(group))
         try:
-            async with self._limit:
-                record = await client.get_record(ref.resource, ref.id)
-        except Exception as exc:
-            log.warning(
-                "event %s: fetching %s %s failed, will retry: %s", ref.event_id, ref.resource, ref.id, exc
-            )
-            s.outcome, s.reason = RETRY, str(exc)
+            record = await asyncio.shield(fetch.task)
+        except RecordError as exc:
+            for s in group:
+                s.outcome, s.reason = INVALID, exc.reason
             return
+        except Exception as exc:
+            ref = group[0].ref
+            assert ref is not None
+            log.warning(
+                "event %s: fetching %s %r failed, will retry: %s", ref.event_id, ref.resource, ref.id, exc
+            )
+            for s in group:
+                s.outcome, s.reason = RETRY, str(exc)
+            return
+        for s in group:
+            self._settle_fetched(s, record, fetch.sent_at)
+
+    def _forget(self, key: tuple[str, RecordId], fetch: _Fetch, _done: object) -> None:
+        if self._inflight.get(key) is fetch:
+            del self._inflight[key]
+
+    async def _get(self, key: tuple[str, RecordId]) -> dict[str, Any] | None:
+        client = self._client
+        assert client is not None
+        resource, record_id = key
+
+        def sent() -> None:
+            fetch = self._inflight.get(key)
+            if fetch is not None:
+                fetch.sent_at = self._clock()
+
+        async with self._limit:
+            return await client.get_record(resource, record_id, on_send=sent)
+
+    def _settle_fetched(self, s: Settled, record: dict[str, Any] | None, sent_at: float | None) -> None:
+        ref = s.ref
+        assert ref is not None
+        s.fetched_at = sent_at
         if record is None:
             s.outcome = GONE
             return
@@ -134,6 +262,15 @@ class EventProcessor:
             change = parse_record(ref.resource, record, "fetch")
         except RecordError as exc:
             s.outcome, s.reason = INVALID, f"fetched record: {exc.reason}"
+            return
+        # Ids are compared as text: an integer-id resource's ids are normalized already, and
+        # a string-id record keeps the spelling its own record gives.
+        if str(change.id) != str(ref.id):
+            s.outcome = RETRY
+            s.reason = f"fetched record has id {change.id!r}, not the {ref.id!r} the event named"
+            log.warning("event %s: %s %r: %s; will retry", ref.event_id, ref.resource, ref.id, s.reason)
+            if self._metrics is not None:
+                self._metrics.fetch_id_mismatches.inc()
             return
         s.change = Change(
             change.resource, change.id, change.version, change.updated_at, change.data, "fetch",
@@ -164,7 +301,7 @@ def settle(store: Store, settled: Sequence[Settled], now: float) -> list[str]:
         event_rows: list[tuple[Any, ...]] = []
         for s in done:
             item = s.item
-            version = s.change.version if s.change is not None else None
+            version = s.change.version if s.change is not None else s.version
             if s.outcome == INVALID and item.dead_letter_id is None:
                 store.add_dead_letter(
                     item.event_id, s.event_type, item.received_at, s.reason or "", item.body
@@ -214,7 +351,7 @@ class InboxWorker:
         self._writer = writer
         self._busy_interval = busy_interval
         self._busy_rows = busy_rows
-        self._processor = EventProcessor(client, fetch_thin=fetch_thin)
+        self._processor = EventProcessor(client, fetch_thin=fetch_thin, clock=clock, metrics=metrics)
         self._metrics = metrics
         self._batch = batch
         self._idle_timeout = idle_timeout
@@ -282,6 +419,7 @@ class InboxWorker:
         settled = await self._processor.prepare(rows)
         now = self._clock()
         outcomes = await self._writer.run(settle, settled, now)
+        self._processor.committed(settled)
         self.batches += 1
         self._after_seq = max(self._after_seq, rows[-1].seq or 0)
         retries = outcomes.count(RETRY)

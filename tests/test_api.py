@@ -213,8 +213,8 @@ async def test_requests_and_bytes_are_counted() -> None:
             await c.fetch_page("orders", since=None, limit=10, cursor=None)
     assert c.stats.requests == 2
     assert c.stats.bytes_received == len(body)
-    assert metrics.api_requests.labels(status="200")._value.get() == 1
-    assert metrics.api_requests.labels(status="502")._value.get() == 1
+    assert metrics.api_requests.labels(kind="relist", status="200")._value.get() == 1
+    assert metrics.api_requests.labels(kind="relist", status="502")._value.get() == 1
     assert metrics.api_bytes._value.get() == len(body)
 
 

@@ -22,6 +22,8 @@ BAD_VALUES: dict[str, Any] = {
     "api.timeout": "10 seconds",
     "api.connect_timeout": "-1s",
     "api.max_connections": 0,
+    "api.max_response": "0B",
+    "api.rate_limit": "0/s",
     "store.path": 7,
     "sync.mode": "pull",
     "sync.resources": ["pets"],

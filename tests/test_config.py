@@ -154,6 +154,16 @@ max_body = "64KiB"
     assert cfg.source == str(path)
 
 
+def test_api_budget_and_response_cap(tmp_path: Path) -> None:
+    assert Config().api.rate_limit is None  # unlimited unless set
+    assert Config().api.max_response == 64 * 1024 * 1024
+    cfg = load_config(
+        write(tmp_path, "[api]\nrate_limit = '600/m'\nmax_response = '1KiB'\n"), env=SECRETS_ENV
+    )
+    assert cfg.api.rate_limit == 10.0
+    assert cfg.api.max_response == 1024
+
+
 def test_config_is_immutable() -> None:
     cfg = load_config(None, env={}, require_secrets=False)
     with pytest.raises(ValueError, match="frozen"):
@@ -169,6 +179,11 @@ def test_config_is_immutable() -> None:
         ("[pol]\ninterval = '30s'\n", "pol", "unknown key"),
         ("secrets = 1\n", "secrets", "unknown key"),
         ("[webhook]\ntls_cert = '/c.pem'\n", "webhook.tls_cert", "set both tls_cert and tls_key"),
+        ("[api]\nrate_limit = '0/s'\n", "api.rate_limit", "must be above 0"),
+        ("[api]\nrate_limit = 'fast'\n", "api.rate_limit", "not a rate"),
+        ("[api]\nmax_response = 0\n", "api.max_response", "between 1KiB and 4GiB"),
+        ("[api]\nmax_response = '1023B'\n", "api.max_response", "between 1KiB and 4GiB"),
+        ("[api]\nmax_response = '5GiB'\n", "api.max_response", "between 1KiB and 4GiB"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
@@ -326,4 +341,10 @@ def test_example_config_unset_keys_are_the_ones_without_default() -> None:
     defaults = Config().model_dump()
     unset = {key for key in all_keys() if defaults[key.split(".")[0]][key.split(".")[1]] is None}
     assert set_in_file == all_keys() - unset
-    assert unset == {"api.api_key_file", "webhook.secret_file", "webhook.tls_cert", "webhook.tls_key"}
+    assert unset == {
+        "api.api_key_file",
+        "api.rate_limit",
+        "webhook.secret_file",
+        "webhook.tls_cert",
+        "webhook.tls_key",
+    }
