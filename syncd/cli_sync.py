@@ -32,7 +32,9 @@ async def _verify(cfg: Config, resources: Sequence[str], *, progress: bool) -> l
         async with PetstoreClient.from_config(cfg) as client:
             # The largest page the API allows: verify reads everything, in the fewest requests.
             return [
-                await verify_resource(client, conn, resource, page_size=1000, progress=reporter)
+                await verify_resource(
+                    client, conn, resource, page_size=1000, progress=reporter, max_pages=cfg.poll.max_pages
+                )
                 for resource in resources
             ]
     finally:

@@ -228,7 +228,7 @@ def _start_relist(
     return generation, state.cursor, live, problem
 
 
-class _PagingGuard:
+class PagingGuard:
     """Ends a listing that would not end: a next_cursor seen before in the same listing
     (the API loops), or more pages than poll.max_pages. Remembers a bounded set of cursors."""
 
@@ -402,7 +402,7 @@ class Poller:
         listing_since = since
         prev_ms = _ms(prev_cursor)
         while True:
-            paging = _PagingGuard(resource, self.cfg.poll.max_pages)
+            paging = PagingGuard(resource, self.cfg.poll.max_pages)
             # While the writer commits, the next pages are fetched and parsed; the writer
             # takes them all in its next transaction (up to max_group_pages), so a writer
             # that falls behind commits more per transaction instead of stalling the listing.

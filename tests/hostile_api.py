@@ -36,6 +36,8 @@ class Listing:
     #: From this page index on (0 = first page), next_cursor is the cursor that fetched the
     #: page: the listing loops on one page forever.
     loop_at: int | None = None
+    #: Most records per page whatever the limit (the contract lets a page hold fewer).
+    page_cap: int | None = None
     #: (resource, query parameters) of every listing request.
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -63,6 +65,8 @@ def create_app(listing: Listing) -> Starlette:
         resource = request.path_params["resource"]
         params = dict(request.query_params)
         limit = int(params.get("limit", "100"))
+        if listing.page_cap is not None:
+            limit = min(limit, listing.page_cap)
         try:
             since = _since(params["since"]) if "since" in params else None
         except ValueError:

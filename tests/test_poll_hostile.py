@@ -473,3 +473,18 @@ async def test_resync_allow_mass_delete_through_the_cli(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert row is None
+
+
+async def test_verify_ends_a_looping_listing_with_a_clear_error(
+    tmp_path: Path, listing: Listing, base_url: str, client: PetstoreClient, writer: Writer, store_path: Path
+) -> None:
+    for i in range(6):
+        put(listing, i + 1, NOW - 100 + i)
+    await Poller(client, writer, config(base_url, store_path), clock=frozen()).poll("orders")
+    listing.loop_at = 0  # the first page names itself as the next one
+    path = write_config_file(tmp_path, base_url, store_path)
+    listing.page_cap = 2  # verify asks for 1000 a page
+    verified = await cli(["verify", "--config", str(path), "--resource", "orders"])
+    assert verified.exit_code == 1
+    assert "Traceback" not in verified.output
+    assert "repeated next_cursor" in verified.output
