@@ -491,27 +491,32 @@ class Poller:
         page_max: int | None = None
         fresh = 0
         if changes:
-            # parse_record checked every updatedAt, so to_ms cannot fail here.
-            stamps = [timefmt.to_ms(c.updated_at) for c in changes]
+            # A timestamp that is no instant never reaches the cursor, whatever let it through.
+            stamps = [_ms(c.updated_at) for c in changes]
             api_now = timefmt.http_date_epoch(page.date)
             trust_until = int(
                 ((self.clock() if api_now is None else api_now) + self.cfg.poll.max_clock_skew) * 1000
             )
-            trusted = [ms for ms in stamps if ms <= trust_until]
-            if len(trusted) < len(stamps):
+            trusted = [ms for ms in stamps if ms is not None and ms <= trust_until]
+            if any(ms is not None and ms > trust_until for ms in stamps):
                 self._future(result, changes, stamps, trust_until, api_now is not None)
             page_max = max(trusted, default=None)
             fresh = sum(1 for ms in trusted if prev_ms is None or ms > prev_ms)
         return _Pending(resource, changes, page_max, fresh, len(page.records))
 
     def _future(
-        self, result: PollResult, changes: list[Change], stamps: list[int], trust_until: int, dated: bool
+        self,
+        result: PollResult,
+        changes: list[Change],
+        stamps: list[int | None],
+        trust_until: int,
+        dated: bool,
     ) -> None:
         """Count and log, once per record and timestamp, records stamped too far ahead: a
         poll re-reads them every time (they are past every `since`)."""
         clock = "the API's Date header" if dated else "this host's clock (no Date header)"
         for change, ms in zip(changes, stamps, strict=True):
-            if ms <= trust_until:
+            if ms is None or ms <= trust_until:
                 continue
             key = (result.resource, change.id, ms)
             if key in self._future_seen:

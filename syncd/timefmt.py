@@ -40,6 +40,13 @@ def parse(value: str) -> datetime:
     m = _RFC3339.fullmatch(value)
     if m is None:
         raise TimestampError(value, "expected YYYY-MM-DDTHH:MM:SS[.fraction] and Z or an offset")
+    if m.group(6) != "60":
+        # The C parser for the common forms (listings parse every record's updatedAt); the
+        # regex above already refused what it accepts beyond RFC 3339.
+        try:
+            return datetime.fromisoformat(value).astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass  # the slow path says precisely what is wrong, or handles what it cannot
     year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
     micro = int((m.group(7) or "0")[:6].ljust(6, "0"))
     if second == 60:
