@@ -14,9 +14,10 @@ whatever the size of the listing.
 
 Timestamps are compared as instants (syncd.timefmt), never as strings, and the cursor is
 stored in the API's form (UTC, milliseconds, `Z`). A record stamped more than
-`poll.max_clock_skew` ahead of the API's clock (the page's `Date` header, else this host's)
-is mirrored but never moves the cursor: one such record would otherwise make every later
-change invisible to polls. A stored cursor that is no instant, or is that far in the future
+`poll.max_clock_skew` ahead of the API's clock (the page's `Date` header, else this host's;
+a Date header itself more than the skew ahead of this host counts as this host's clock plus
+the skew) is mirrored but never moves the cursor: one such record would otherwise make
+every later change invisible to polls. A stored cursor that is no instant, or is that far in the future
 (written by an older syncd), is dropped and the resource listed in full again.
 
 A listing ends with ListingLoopError when the API repeats a next_cursor of the same listing
@@ -493,10 +494,13 @@ class Poller:
         if changes:
             # A timestamp that is no instant never reaches the cursor, whatever let it through.
             stamps = [_ms(c.updated_at) for c in changes]
+            skew = self.cfg.poll.max_clock_skew
             api_now = timefmt.http_date_epoch(page.date)
-            trust_until = int(
-                ((self.clock() if api_now is None else api_now) + self.cfg.poll.max_clock_skew) * 1000
-            )
+            local = self.clock()
+            # The API's clock, not this host's, judges its timestamps; but a Date header far
+            # ahead of this host (an upstream clock that jumped) vouches for nothing.
+            reference = local if api_now is None else min(api_now, local + skew)
+            trust_until = int((reference + skew) * 1000)
             trusted = [ms for ms in stamps if ms is not None and ms <= trust_until]
             if any(ms is not None and ms > trust_until for ms in stamps):
                 self._future(result, changes, stamps, trust_until, api_now is not None)

@@ -215,6 +215,21 @@ async def test_future_records_are_mirrored_but_never_move_the_cursor_date_header
     assert status_of(store_path, "http://127.0.0.1:1")["lag_seconds"] == pytest.approx(NOW - (api_now + 350))
 
 
+async def test_a_date_header_far_ahead_of_this_host_vouches_for_nothing(
+    listing: Listing, base_url: str, client: PetstoreClient, writer: Writer, store_path: Path
+) -> None:
+    # An upstream clock that jumped stamps its records and its Date header alike.
+    listing.date = timefmt.to_epoch("2999-01-01T00:00:00Z")
+    put(listing, 1, NOW - 60)
+    put(listing, 2, NOW + 600)  # 2 x poll.max_clock_skew ahead of this host: the most trusted
+    put(listing, 3, NOW + 600.001)
+    put(listing, 4, timefmt.to_epoch("2999-01-01T00:00:00Z"))
+    result = await Poller(client, writer, config(base_url, store_path), clock=frozen()).poll("orders")
+    assert result.future == 2
+    assert cursor_of(store_path, "orders") == iso(NOW + 600)
+    assert set(mirror_versions(store_path, "orders")) == {"1", "2", "3", "4"}
+
+
 async def test_future_records_without_a_date_header_use_the_local_clock(
     listing: Listing, base_url: str, client: PetstoreClient, writer: Writer, store_path: Path
 ) -> None:
