@@ -68,6 +68,8 @@ class Page:
     records: list[dict[str, Any]]
     has_more: bool
     next_cursor: str | None
+    #: The response's `Date` header: the API's clock, to judge records stamped in the future.
+    date: str | None = None
 
 
 @dataclass(slots=True)
@@ -438,7 +440,7 @@ class PetstoreClient:
         next_cursor = payload.get("next_cursor")
         if has_more and not isinstance(next_cursor, str):
             raise ApiError(f"GET /{resource}: has_more without a next_cursor", status=response.status_code)
-        return Page(data, has_more, next_cursor if has_more else None)
+        return Page(data, has_more, next_cursor if has_more else None, response.headers.get("date"))
 
     async def list_pages(self, resource: str, *, since: str | None, limit: int) -> AsyncGenerator[Page, None]:
         """Every page of one listing, in order. The next page is fetched while the caller works

@@ -34,7 +34,9 @@ async def _verify(cfg: Config, resources: Sequence[str], *, progress: bool) -> l
         async with PetstoreClient.from_config(cfg) as client:
             # The largest page the API allows: verify reads everything, in the fewest requests.
             return [
-                await verify_resource(client, conn, resource, page_size=1000, progress=reporter)
+                await verify_resource(
+                    client, conn, resource, page_size=1000, progress=reporter, max_pages=cfg.poll.max_pages
+                )
                 for resource in resources
             ]
     except sqlite3.Error as exc:
@@ -67,7 +69,7 @@ def verify(config_path: str | None, resource: str | None, as_json: bool) -> None
         sys.exit(EXIT_FAILURE)
 
 
-async def _resync(cfg: Config, resources: Sequence[str]) -> list[PollResult]:
+async def _resync(cfg: Config, resources: Sequence[str], *, allow_mass_delete: bool) -> list[PollResult]:
     writer = Writer(lambda: Store(cfg.store.path))
     writer.start()
     try:
@@ -81,7 +83,7 @@ async def _resync(cfg: Config, resources: Sequence[str]) -> list[PollResult]:
                     loop.add_signal_handler(sig, poller.stop)
             results = []
             for resource in resources:
-                results.append(await poller.full_relist(resource))
+                results.append(await poller.full_relist(resource, allow_mass_delete=allow_mass_delete))
                 if poller.stopping:
                     break
             return results
@@ -92,22 +94,31 @@ async def _resync(cfg: Config, resources: Sequence[str]) -> list[PollResult]:
 @click.command()
 @click.argument("resource", type=click.Choice(RESOURCES), required=False)
 @config_option
-def resync(resource: str | None, config_path: str | None) -> None:
+@click.option(
+    "--allow-mass-delete",
+    is_flag=True,
+    help="Tombstone what the listing lacks even past poll.max_tombstone_ratio (after checking the API).",
+)
+def resync(resource: str | None, config_path: str | None, allow_mass_delete: bool) -> None:
     """Run a full relist now, for RESOURCE or every configured resource.
 
     Records the listing no longer returns are tombstoned, except those changed within the
-    visibility lag plus lookback of the listing.
+    visibility lag plus lookback of the listing. A relist that would tombstone more than
+    poll.max_tombstone_ratio of the live records (or all of them) tombstones nothing and
+    exits 1, unless --allow-mass-delete is given.
     """
     cfg = load(config_path)
     setup_logging(cfg.log, secrets=[s for s in (cfg.secrets.api_key,) if s])
-    results = asyncio.run(_resync(cfg, _resources(cfg, resource)))
+    results = asyncio.run(_resync(cfg, _resources(cfg, resource), allow_mass_delete=allow_mass_delete))
     for r in results:
         state = "stopped early" if r.stopped else "done"
         click.echo(
             f"{r.resource}: {state}: {r.seen} listed in {r.pages} pages, {r.applied} written,"
             f" {r.tombstoned} tombstoned, cursor {r.cursor}, {r.duration:.1f}s"
         )
-    if any(r.stopped for r in results):
+        if r.held_back is not None:
+            click.echo(f"{r.resource}: {r.held_back}")
+    if any(r.stopped or r.held_back is not None for r in results):
         sys.exit(EXIT_FAILURE)
 
 

@@ -262,6 +262,15 @@ class PollConfig(_Section):
     page_size: int = Field(default=500, ge=1, le=1000)
     full_relist_interval: Annotated[Duration, between(1.0, MAX_DURATION)] = 86400.0
     jitter: Annotated[Duration, between(0.0, 3600.0)] = 1.0
+    #: A record stamped further ahead of the API's clock is mirrored but does not move the cursor.
+    max_clock_skew: Annotated[Duration, between(0.0, 86400.0)] = 300.0
+    #: Pages one listing may take; a listing that goes on past it ends with an error.
+    max_pages: int = Field(default=100_000, ge=1, le=10_000_000)
+    #: A relist that would tombstone more than this share of the live records holds back.
+    max_tombstone_ratio: float = Field(default=0.1, ge=0.0, le=1.0, allow_inf_nan=False)
+    #: Tombstones a relist may always make whatever the ratio (small mirrors), unless they
+    #: would be every live record.
+    tombstone_floor: int = Field(default=10, ge=0, le=10_000_000)
 
 
 class WebhookConfig(_Section):

@@ -39,9 +39,10 @@ from syncd.receiver import create_receiver_app
 from syncd.receiver import uvicorn_config as receiver_uvicorn_config
 from syncd.reload import apply_live, changed_keys, restart_only_changes
 from syncd.scheduler import PollScheduler
-from syncd.store import Store, Writer, parse_iso, utc_iso
+from syncd.store import Store, Writer, utc_iso
 from syncd.store_guard import FileIdentity, StoreLock, identity_problem
 from syncd.systemd import Notifier, watchdog_loop
+from syncd.timefmt import try_epoch
 from syncd.worker import InboxWorker
 
 log = logging.getLogger("syncd.daemon")
@@ -404,8 +405,9 @@ class Daemon:
                 self.scheduler.trigger_now()
 
     async def _on_poll_result(self, result: PollResult) -> None:
-        if result.cursor is not None:
-            self.lags[result.resource] = max(0.0, time.time() - parse_iso(result.cursor))
+        cursor_at = try_epoch(result.cursor)
+        if cursor_at is not None:
+            self.lags[result.resource] = max(0.0, time.time() - cursor_at)
         if self.health is None or result.stopped:
             return
         switch = self.health.poll_finished(
@@ -512,8 +514,10 @@ class Daemon:
             return
         now = time.time()
         for name, (cursor, _) in snapshot.items():
-            if cursor is not None:
-                lag = max(0.0, now - parse_iso(cursor))
+            # A cursor that is no instant (an older syncd's) is dropped by the next poll.
+            cursor_at = try_epoch(cursor)
+            if cursor_at is not None:
+                lag = max(0.0, now - cursor_at)
                 self.lags[name] = lag
                 self.metrics.cursor_lag.labels(resource=name).set(lag)
 

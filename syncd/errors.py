@@ -86,3 +86,13 @@ class RateLimitedError(ApiError):
 
 class ApiTransientError(ApiError):
     """5xx, timeout or connection failure: worth retrying with backoff."""
+
+
+class ListingLoopError(ApiError):
+    """A listing that does not end: the API repeated a next_cursor or went past poll.max_pages.
+    The pages before it are committed; the next poll starts a new listing."""
+
+    def __init__(self, message: str, *, resource: str, reason: str) -> None:
+        self.resource = resource
+        self.reason = reason
+        super().__init__(message)

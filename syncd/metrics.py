@@ -109,6 +109,26 @@ class Metrics:
         self.tombstones = Counter(
             "syncd_tombstones", "Records marked deleted by a full relist", ["resource"], registry=r
         )
+        self.future_timestamps = Counter(
+            "syncd_future_timestamps",
+            "Listed records stamped further ahead of the API's clock than poll.max_clock_skew"
+            " (mirrored, not used for the cursor), once per record and timestamp",
+            ["resource"],
+            registry=r,
+        )
+        self.listings_aborted = Counter(
+            "syncd_listings_aborted",
+            "Listings ended because the API repeated a next_cursor or exceeded poll.max_pages",
+            ["resource", "reason"],
+            registry=r,
+        )
+        self.relists_held_back = Counter(
+            "syncd_relists_held_back",
+            "Full relists that tombstoned nothing because they would delete more than"
+            " poll.max_tombstone_ratio of the live records",
+            ["resource"],
+            registry=r,
+        )
         self.event_to_mirror = Histogram(
             "syncd_event_to_mirror_seconds",
             "Time from webhook receipt to the change being applied in the mirror",

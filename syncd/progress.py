@@ -18,7 +18,7 @@ from typing import IO, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from syncd.store import parse_iso
+from syncd.timefmt import try_epoch
 
 log = logging.getLogger("syncd.progress")
 
@@ -67,8 +67,9 @@ class _Tracker:
     def advance(self, resource: str, records: int, last_updated_at: str | None) -> Estimate:
         track = self.tracks.setdefault(resource, _Track("listing", self.clock()))
         track.records += records
-        if last_updated_at is not None:
-            ts = parse_iso(last_updated_at)
+        # A listing can carry a timestamp that is no instant (verify lists raw records).
+        ts = try_epoch(last_updated_at)
+        if ts is not None:
             if track.first_ts is None:
                 track.first_ts = ts
             track.last_ts = ts

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from syncd import timefmt
 from syncd.errors import RecordError
 
 Source = Literal["webhook", "poll", "fetch"]
@@ -37,7 +38,6 @@ KNOWN_EVENTS = frozenset(
     }
 )
 TEST_EVENT = "webhook.test"
-_TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +123,18 @@ def parse_record(resource: str, obj: object, source: Source) -> Change:
             resource=resource,
         )
     updated_at = obj.get("updatedAt")
-    if not isinstance(updated_at, str) or not _TIMESTAMP_RE.match(updated_at):
+    if not isinstance(updated_at, str):
         raise RecordError(
             f"record {record_id!r}: updatedAt must be an RFC 3339 timestamp, got {updated_at!r}",
             resource=resource,
         )
+    try:
+        timefmt.parse(updated_at)
+    except timefmt.TimestampError as exc:
+        raise RecordError(
+            f"record {record_id!r}: updatedAt must be an RFC 3339 timestamp, got {updated_at!r} ({exc.problem})",
+            resource=resource,
+        ) from None
     return Change(resource, record_id, version, updated_at, obj, source)
 
 

@@ -14,11 +14,15 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from syncd.config import Config
 from syncd.errors import StoreError
-from syncd.store import MIRROR_RESOURCES, Store, parse_iso, utc_iso
+from syncd.poller import META_RELIST_HELD, cursor_problem
+from syncd.store import MIRROR_RESOURCES, Store
+from syncd.timefmt import format_epoch as utc_iso
+from syncd.timefmt import try_epoch
 
 #: _meta keys the daemon maintains (see syncd.daemon).
 META_MODE = "mode"
@@ -49,10 +53,23 @@ _RESOURCE_SCHEMA: dict[str, Any] = {
         "last_changes",
         "live",
         "tombstoned",
+        "cursor_problem",
+        "relist_held_back",
     ],
     "properties": {
-        "cursor": {**_TS, "description": "committed since-cursor (the server's updatedAt)"},
-        "lag_seconds": {**_SECONDS, "description": "now minus the cursor"},
+        "cursor": {
+            "type": ["string", "null"],
+            "description": "committed since-cursor (the server's updatedAt); see cursor_problem",
+        },
+        "lag_seconds": {**_SECONDS, "description": "now minus the cursor; null when it cannot be trusted"},
+        "cursor_problem": {
+            "type": ["string", "null"],
+            "description": "why the stored cursor cannot be trusted; the next poll drops it and lists everything",
+        },
+        "relist_held_back": {
+            "type": ["string", "null"],
+            "description": "a full relist that would have tombstoned too much, until resync --allow-mass-delete",
+        },
         "last_poll_at": _TS,
         "last_success_at": _TS,
         "last_error": {"type": ["string", "null"]},
@@ -154,7 +171,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _resources(conn: sqlite3.Connection, names: tuple[str, ...], now: float) -> dict[str, Any]:
+def _resources(
+    conn: sqlite3.Connection, names: tuple[str, ...], now: float, meta: dict[str, str], max_skew: float
+) -> dict[str, Any]:
     cursors = {
         row[0]: row[1:]
         for row in conn.execute(
@@ -170,9 +189,15 @@ def _resources(conn: sqlite3.Connection, names: tuple[str, ...], now: float) -> 
         live, tombstoned = conn.execute(
             f"SELECT COUNT(*) - COALESCE(SUM(_deleted), 0), COALESCE(SUM(_deleted), 0) FROM {name}"
         ).fetchone()
+        # A cursor an older syncd stored may be no instant, or far in the future: say so
+        # rather than crash or show a lag of 0.
+        problem = cursor_problem(cursor, now, max_skew)
+        cursor_at = None if problem is not None else try_epoch(cursor)
         out[name] = {
             "cursor": cursor,
-            "lag_seconds": None if cursor is None else round(max(0.0, now - parse_iso(cursor)), 3),
+            "lag_seconds": None if cursor_at is None else round(max(0.0, now - cursor_at), 3),
+            "cursor_problem": problem,
+            "relist_held_back": meta.get(META_RELIST_HELD + name),
             "last_poll_at": _iso(last_poll),
             "last_success_at": _iso(last_success),
             "last_error": last_error,
@@ -201,14 +226,15 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
         dead_total, dead_open = conn.execute(
             "SELECT COUNT(*), COUNT(*) - COUNT(replayed_at) FROM _dead_letters"
         ).fetchone()
-        resources = _resources(conn, names, now)
+        resources = _resources(conn, names, now, meta, cfg.poll.max_clock_skew)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read store {cfg.store.path}: {exc}") from None
     finally:
         conn.close()
     pid = int(meta[META_DAEMON_PID]) if META_DAEMON_PID in meta else None
     heartbeat = meta.get(META_HEARTBEAT)
-    fresh = heartbeat is not None and now - parse_iso(heartbeat) <= 3 * HEARTBEAT_PERIOD
+    beat = try_epoch(heartbeat)
+    fresh = beat is not None and now - beat <= 3 * HEARTBEAT_PERIOD
     return {
         "generated_at": utc_iso(now),
         "store": cfg.store.path,
@@ -281,6 +307,10 @@ def render_status(report: dict[str, Any], console: Console) -> None:
             str(r["tombstoned"]),
         )
     console.print(table)
+    for name, r in report["resources"].items():
+        for note in (r["cursor_problem"], r["relist_held_back"]):
+            if note is not None:
+                console.print(f"[bold yellow]{name}[/]: {escape(note)}")
 
     events = Table(title="webhook events by outcome")
     events.add_column("outcome")

@@ -15,11 +15,9 @@ WAL lets them read while the writer writes.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,18 +38,12 @@ from syncd.schema import SCHEMA_VERSION as SCHEMA_VERSION
 from syncd.schema import quote as quote
 from syncd.schema import to_column_value as to_column_value
 from syncd.schema import to_json_text as to_json_text
+from syncd.timefmt import format_epoch, to_epoch, try_epoch
 from syncd.writer import Writer as Writer
 
-
-def utc_iso(ts: float | None = None) -> str:
-    """Epoch seconds -> RFC 3339 UTC with milliseconds, the API's own timestamp format."""
-    dt = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def parse_iso(value: str) -> float:
-    """RFC 3339 -> epoch seconds."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+# Older names of syncd.timefmt's functions, still imported from here.
+utc_iso = format_epoch
+parse_iso = to_epoch
 
 
 class StoredState(NamedTuple):
@@ -80,12 +72,22 @@ class CursorState:
     last_changes: int
 
 
+#: Live records a full listing did not return and that are not spared: changed or synced
+#: before the spare instant (an updatedAt that is no instant spares nothing).
+_UNLISTED = (
+    "_deleted=0 AND _listed<? AND COALESCE(rfc3339_epoch(updatedAt), -1e300) < ?"
+    " AND COALESCE(rfc3339_epoch(_synced_at), -1e300) < ?"
+)
+
+
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout=10000")
+    # Timestamps are compared as instants, in SQL too: string order is wrong across offsets.
+    conn.create_function("rfc3339_epoch", 1, try_epoch, deterministic=True)
     return conn
 
 
@@ -279,11 +281,23 @@ class Store:
         that changed (or were synced) since `spare_since`: they may simply not be visible to
         listings yet. Returns how many were tombstoned."""
         cur = self.conn.execute(
-            f"UPDATE {quote(resource)} SET _deleted=1, _deleted_at=? WHERE _deleted=0 AND _listed<?"
-            " AND COALESCE(updatedAt, '') < ? AND COALESCE(_synced_at, '') < ?",
-            (now, generation, spare_since, spare_since),
+            f"UPDATE {quote(resource)} SET _deleted=1, _deleted_at=? WHERE {_UNLISTED}",
+            (now, *self._unlisted_args(generation, spare_since)),
         )
         return cur.rowcount
+
+    def count_unlisted(self, resource: str, generation: int, *, spare_since: str) -> int:
+        """How many records `tombstone_unlisted` would mark deleted now."""
+        row = self.conn.execute(
+            f"SELECT COUNT(*) FROM {quote(resource)} WHERE {_UNLISTED}",
+            self._unlisted_args(generation, spare_since),
+        ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _unlisted_args(generation: int, spare_since: str) -> tuple[int, float, float]:
+        spare = parse_iso(spare_since)
+        return generation, spare, spare
 
     def mirror_counts(self, resource: str) -> tuple[int, int]:
         """(live records, tombstoned records)."""
@@ -345,6 +359,9 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO _meta (key, value) VALUES (?, ?)", (key, value))
+
+    def delete_meta(self, key: str) -> None:
+        self.conn.execute("DELETE FROM _meta WHERE key=?", (key,))
 
     # -- events, dead letters, audit ------------------------------------------------------
 

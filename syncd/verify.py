@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from syncd.errors import CursorExpiredError
+from syncd.poller import PagingGuard
 from syncd.store import quote
 
 if TYPE_CHECKING:
@@ -113,15 +114,19 @@ async def verify_resource(
     page_size: int = 1000,
     sample: int = 5,
     progress: ProgressReporter | None = None,
+    max_pages: int = 100_000,
 ) -> VerifyReport:
-    """List `resource` in full and compare it with the mirror behind `conn` (read-only)."""
+    """List `resource` in full and compare it with the mirror behind `conn` (read-only).
+    Raises ListingLoopError when the API's listing does not end (see PagingGuard)."""
     restarts = 0
     while True:
         _prepare(conn)
         if progress is not None:
             progress.start(resource, "verify")
+        paging = PagingGuard(resource, max_pages)
         try:
             async for page in client.list_pages(resource, since=None, limit=page_size):
+                paging.check(page)
                 rows = [(r.get("id"), r.get("version")) for r in page.records]
                 _add_page(conn, [(rid, v) for rid, v in rows if rid is not None and isinstance(v, int)])
                 if progress is not None and page.records:
