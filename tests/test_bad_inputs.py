@@ -342,7 +342,8 @@ async def test_signed_body_nested_too_deep_is_acknowledged_and_dead_lettered(tmp
         await InboxWorker(rx.writer, None, fetch_thin=False).drain()
         letters = dict(rx.query("SELECT event_id, reason FROM _dead_letters"))
         assert letters == {
-            "sha256:" + hashlib.sha256(past_parser).hexdigest(): "body is nested deeper than the JSON parser's limit",
+            "sha256:"
+            + hashlib.sha256(past_parser).hexdigest(): "body is nested deeper than the JSON parser's limit",
             "sha256:" + hashlib.sha256(past_limit).hexdigest(): "body is nested deeper than 32 levels",
         }
         assert {r[0] for r in rx.query("SELECT id FROM orders")} == {1, 7}

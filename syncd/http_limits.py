@@ -1,0 +1,186 @@
+"""The public listener's HTTP/1.1 protocol: uvicorn's httptools protocol plus the limits a
+port open to the internet needs and uvicorn does not apply on its own.
+
+uvicorn arms its keep-alive timer only after a response, so a connection that never sends a
+complete request head is kept forever; and httptools buffers a header name or value however
+long it grows. Both let an unauthenticated client hold memory and connection slots: a few
+thousand silent sockets exceed `limit_concurrency` (which counts connections), and from then
+on every real delivery gets 503. This protocol adds, per connection:
+
+- a header-read timeout, from the connection (or the first byte of a request after a
+  keep-alive pause) until its head is complete; on expiry the connection is closed;
+- caps on the number of header fields and on their size (the request target plus every
+  header name and value), answered with 431 and a close; raw bytes received while a head is
+  incomplete are capped too, so padding the parser does not report cannot grow memory;
+- eviction of idle connections: past `max_connections` open at once, the oldest
+  connections without a request in progress are closed to make room, so idle sockets can
+  never crowd out a delivery.
+
+Idle time between requests is uvicorn's own `timeout_keep_alive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+_431_BODY = b"Request Header Fields Too Large"
+_431 = b"".join(
+    [
+        STATUS_LINE[431],
+        b"content-type: text/plain; charset=utf-8\r\n",
+        b"content-length: " + str(len(_431_BODY)).encode() + b"\r\n",
+        b"connection: close\r\n\r\n",
+        _431_BODY,
+    ]
+)
+#: Bytes of a head the field caps do not see (method, version, separators, line ends), per
+#: header line and per request: the raw-byte cap allows them on top of `max_header_bytes`.
+_LINE_OVERHEAD = 64
+_REQUEST_OVERHEAD = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    header_timeout: float
+    max_header_bytes: int
+    max_headers: int
+    max_connections: int
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside a parser callback to stop parsing a head past its caps."""
+
+
+def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
+    """A protocol class for one listener (its connections share one eviction order)."""
+    raw_cap = limits.max_header_bytes + limits.max_headers * _LINE_OVERHEAD + _REQUEST_OVERHEAD
+    #: Every open connection of this listener, oldest first (dicts keep insertion order).
+    open_connections: dict[GuardedProtocol, None] = {}
+
+    class GuardedProtocol(HttpToolsProtocol):
+        def __init__(
+            self,
+            config: Config,
+            server_state: ServerState,
+            app_state: dict[str, Any],
+            _loop: asyncio.AbstractEventLoop | None = None,
+        ) -> None:
+            super().__init__(config, server_state, app_state, _loop)
+            self._head_timer: asyncio.TimerHandle | None = None
+            #: True from the end of a response (or the connection) until a head is complete.
+            self._awaiting_head = True
+            self._raw_bytes = 0
+            self._field_bytes = 0
+            self._field_count = 0
+            self._too_large = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            open_connections[self] = None
+            self._arm_head_timer()
+            if len(self.connections) > limits.max_connections:
+                self._evict_idle()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            open_connections.pop(self, None)
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            # uvicorn's, plus the 431 answer; a request that starts after a keep-alive pause
+            # gets its header timer here (uvicorn has just cancelled its keep-alive timer).
+            self._unset_keepalive_if_required()
+            if self._awaiting_head and self._head_timer is None:
+                self._arm_head_timer()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            except httptools.HttpParserError:
+                if self._too_large:
+                    self._reject_head()
+                    return
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+                return
+            if self._awaiting_head:
+                self._raw_bytes += len(data)
+                if self._raw_bytes > raw_cap:
+                    self._reject_head()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._awaiting_head = True
+            self._raw_bytes = self._field_bytes = self._field_count = 0
+
+        def on_url(self, url: bytes) -> None:
+            self._field_bytes += len(url)
+            if self._field_bytes > limits.max_header_bytes:
+                self._too_large = True
+                raise _HeadTooLarge()
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._field_count += 1
+            self._field_bytes += len(name) + len(value)
+            if self._field_count > limits.max_headers or self._field_bytes > limits.max_header_bytes:
+                self._too_large = True
+                raise _HeadTooLarge()
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._awaiting_head = False
+            self._disarm_head_timer()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            pipelined = bool(self.pipeline)
+            super().on_response_complete()
+            if not pipelined:
+                self._awaiting_head = True
+                self._raw_bytes = self._field_bytes = self._field_count = 0
+
+        def _idle(self) -> bool:
+            return self._awaiting_head and (self.cycle is None or self.cycle.response_complete)
+
+        def _evict_idle(self) -> None:
+            excess = len(self.connections) - limits.max_connections
+            for conn in list(open_connections):
+                if excess <= 0:
+                    break
+                if conn is not self and conn._idle() and not conn.transport.is_closing():
+                    conn.transport.close()
+                    excess -= 1
+
+        def _arm_head_timer(self) -> None:
+            self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timed_out)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self._awaiting_head and not self.transport.is_closing():
+                self.transport.close()
+
+        def _reject_head(self) -> None:
+            self._disarm_head_timer()
+            if not self.transport.is_closing():
+                self.transport.write(_431)
+                self.transport.close()
+
+    return GuardedProtocol
