@@ -80,6 +80,7 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._field_bytes = 0
             self._field_count = 0
             self._too_large = False
+            self._head_completed_in_feed = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -99,6 +100,7 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._unset_keepalive_if_required()
             if self._awaiting_head and self._head_timer is None:
                 self._arm_head_timer()
+            self._head_completed_in_feed = False
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
@@ -115,7 +117,9 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 self.logger.warning(msg)
                 self.send_400_response(msg)
                 return
-            if self._awaiting_head:
+            # A chunk that also completed a head (pipelining) is not counted: the unfinished
+            # head in it may be any part of it, and it is bounded by the transport's read size.
+            if self._awaiting_head and not self._head_completed_in_feed:
                 self._raw_bytes += len(data)
                 if self._raw_bytes > raw_cap:
                     self._reject_head()
@@ -142,6 +146,7 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
 
         def on_headers_complete(self) -> None:
             self._awaiting_head = False
+            self._head_completed_in_feed = True
             self._disarm_head_timer()
             super().on_headers_complete()
 
