@@ -80,6 +80,9 @@ _ERRORS = {
 }
 
 
+#: Settings the listener's protocol is built with (uvicorn_config), fixed until a restart.
+_LISTENER_KEYS = ("header_timeout", "idle_timeout", "max_header_bytes", "max_headers", "max_connections")
+
 #: Response headers per response body (there are a dozen bodies), built once.
 _RESPONSE_HEADERS: dict[bytes, list[tuple[bytes, bytes]]] = {}
 
@@ -160,6 +163,10 @@ class WebhookReceiver:
         new = ReceiverSettings.build(cfg, secrets)
         if cfg.path != self.settings.cfg.path:
             log.warning("webhook.path changed to %s; it takes effect after a restart", cfg.path)
+        old = self.settings.cfg
+        for key in _LISTENER_KEYS:
+            if getattr(cfg, key) != getattr(old, key):
+                log.warning("webhook.%s changed; it takes effect after a restart", key)
         self.limiter.set_rate(cfg.rate_limit)
         self.settings = new
 

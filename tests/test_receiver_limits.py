@@ -249,3 +249,16 @@ async def test_a_path_with_line_breaks_and_escapes_is_logged_escaped(tmp_path: P
         "/x\\n2024-01-01 00:00:00 ERROR syncd: forged\\r\\x1b[2J\\u202e from 127.0.0.1: 404 not_found"
         in shown
     )
+
+
+async def test_a_reload_names_listener_limits_that_need_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with receiver(tmp_path, max_headers=MAX_HEADERS) as (rx, client):
+        await prime(rx, client)
+        with caplog.at_level(logging.WARNING, logger="syncd.receiver"):
+            reconfigure(rx, max_headers=MAX_HEADERS + 1, rate_limit="1000/s")
+        assert [r.getMessage() for r in caplog.records] == [
+            "webhook.max_headers changed; it takes effect after a restart"
+        ]
+        await assert_intact(rx, client)
