@@ -8,7 +8,7 @@ thousand silent sockets exceed `limit_concurrency` (which counts connections), a
 on every real delivery gets 503. This protocol adds, per connection:
 
 - a header-read timeout, from the connection (or the first byte of a request after a
-  keep-alive pause) until its head is complete; on expiry the connection is closed;
+  keep-alive pause) until its head is complete; past it the connection is closed;
 - caps on the number of header fields and on their size (the request target plus every
   header name and value), answered with 431 and a close; raw bytes received while a head is
   incomplete are capped too, so padding the parser does not report cannot grow memory;
@@ -63,6 +63,22 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
     raw_cap = limits.max_header_bytes + limits.max_headers * _LINE_OVERHEAD + _REQUEST_OVERHEAD
     #: Every open connection of this listener, oldest first (dicts keep insertion order).
     open_connections: dict[GuardedProtocol, None] = {}
+    # Header deadlines are checked by one sweep over the open connections a few times per
+    # timeout rather than by a timer per request: arming and cancelling a timer for every
+    # request costs the hot path more than everything else here. A head is therefore
+    # closed between 1 and 1.25 header timeouts after it started.
+    sweep_every = limits.header_timeout / 4
+    sweeper: list[asyncio.TimerHandle] = []
+
+    def sweep(loop: asyncio.AbstractEventLoop) -> None:
+        sweeper.clear()
+        cutoff = loop.time() - limits.header_timeout
+        for conn in list(open_connections):
+            since = conn.head_since
+            if since is not None and since <= cutoff and not conn.transport.is_closing():
+                conn.transport.close()
+        if open_connections:
+            sweeper.append(loop.call_later(sweep_every, sweep, loop))
 
     class GuardedProtocol(HttpToolsProtocol):
         def __init__(
@@ -73,33 +89,36 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             _loop: asyncio.AbstractEventLoop | None = None,
         ) -> None:
             super().__init__(config, server_state, app_state, _loop)
-            self._head_timer: asyncio.TimerHandle | None = None
+            #: When the head being waited for started (loop time); None between requests.
+            self.head_since: float | None = None
             #: True from the end of a response (or the connection) until a head is complete.
             self._awaiting_head = True
             self._raw_bytes = 0
-            self._field_bytes = 0
-            self._field_count = 0
-            self._too_large = False
+            self._chunk_bytes = 0
             self._head_completed_in_feed = False
+            self._too_large = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.head_since = self.loop.time()
             open_connections[self] = None
-            self._arm_head_timer()
+            if not sweeper:
+                sweeper.append(self.loop.call_later(sweep_every, sweep, self.loop))
             if len(self.connections) > limits.max_connections:
                 self._evict_idle()
 
         def connection_lost(self, exc: Exception | None) -> None:
             open_connections.pop(self, None)
-            self._disarm_head_timer()
+            self.head_since = None
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             # uvicorn's, plus the 431 answer; a request that starts after a keep-alive pause
-            # gets its header timer here (uvicorn has just cancelled its keep-alive timer).
+            # starts its header clock here (uvicorn has just cancelled its keep-alive timer).
             self._unset_keepalive_if_required()
-            if self._awaiting_head and self._head_timer is None:
-                self._arm_head_timer()
+            if self._awaiting_head and self.head_since is None:
+                self.head_since = self.loop.time()
+            self._chunk_bytes = len(data)
             self._head_completed_in_feed = False
             try:
                 self.parser.feed_data(data)
@@ -121,33 +140,24 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             # head in it may be any part of it, and it is bounded by the transport's read size.
             if self._awaiting_head and not self._head_completed_in_feed:
                 self._raw_bytes += len(data)
-                if self._raw_bytes > raw_cap:
+                # The parser keeps fields it has seen until the head ends: bound them now.
+                if self._raw_bytes > raw_cap or len(self.headers or ()) > limits.max_headers:
                     self._reject_head()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._awaiting_head = True
-            self._raw_bytes = self._field_bytes = self._field_count = 0
-
-        def on_url(self, url: bytes) -> None:
-            self._field_bytes += len(url)
-            if self._field_bytes > limits.max_header_bytes:
-                self._too_large = True
-                raise _HeadTooLarge()
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._field_count += 1
-            self._field_bytes += len(name) + len(value)
-            if self._field_count > limits.max_headers or self._field_bytes > limits.max_header_bytes:
-                self._too_large = True
-                raise _HeadTooLarge()
-            super().on_header(name, value)
-
         def on_headers_complete(self) -> None:
+            # Exact caps, checked once per head. A head that arrived whole in a chunk no
+            # larger than the size cap cannot exceed it, so the usual request skips the sum.
+            received = self._raw_bytes + self._chunk_bytes
             self._awaiting_head = False
             self._head_completed_in_feed = True
-            self._disarm_head_timer()
+            self.head_since = None
+            self._raw_bytes = 0
+            if len(self.headers) > limits.max_headers or (
+                received > limits.max_header_bytes
+                and len(self.url) + sum(len(k) + len(v) for k, v in self.headers) > limits.max_header_bytes
+            ):
+                self._too_large = True
+                raise _HeadTooLarge()
             super().on_headers_complete()
 
         def on_response_complete(self) -> None:
@@ -155,7 +165,6 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             super().on_response_complete()
             if not pipelined:
                 self._awaiting_head = True
-                self._raw_bytes = self._field_bytes = self._field_count = 0
 
         def _idle(self) -> bool:
             return self._awaiting_head and (self.cycle is None or self.cycle.response_complete)
@@ -169,21 +178,8 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
                     conn.transport.close()
                     excess -= 1
 
-        def _arm_head_timer(self) -> None:
-            self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timed_out)
-
-        def _disarm_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
-            self._head_timer = None
-            if self._awaiting_head and not self.transport.is_closing():
-                self.transport.close()
-
         def _reject_head(self) -> None:
-            self._disarm_head_timer()
+            self.head_since = None
             if not self.transport.is_closing():
                 self.transport.write(_431)
                 self.transport.close()
