@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from typing import NamedTuple
 
 from syncd.inbox import replayable_transaction
@@ -18,6 +18,35 @@ from syncd.metrics import Metrics
 from syncd.store import Store, Writer
 
 log = logging.getLogger("syncd.audit")
+
+
+class RejectionSampler:
+    """Per-client token bucket for the audit rows and log lines of rejected requests. A
+    client answered 4xx/5xx in a loop would otherwise write a row (and a line) per request,
+    gigabytes an hour; past its burst it gets `rate` rows a second, and the rest are only
+    counted. Memory is bounded by an LRU of clients."""
+
+    def __init__(self, rate: float = 1.0, burst: float = 20.0, *, max_clients: int = 10_000) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._max_clients = max_clients
+        #: client -> (tokens, last refill, rejections not audited since the last audited one)
+        self._clients: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
+
+    def admit(self, client: str, now: float) -> int | None:
+        """None: do not audit this one. Otherwise audit it; the number is how many of the
+        client's rejections before it were not audited."""
+        tokens, last, skipped = self._clients.pop(client, (self._burst, now, 0))
+        tokens = min(self._burst, tokens + max(0.0, now - last) * self._rate)
+        if tokens >= 1.0:
+            self._clients[client] = (tokens - 1.0, now, 0)
+            result: int | None = skipped
+        else:
+            self._clients[client] = (tokens, now, skipped + 1)
+            result = None
+        if len(self._clients) > self._max_clients:
+            self._clients.popitem(last=False)
+        return result
 
 
 class AuditRow(NamedTuple):

@@ -4,7 +4,10 @@
 `extra=` fields the call passed (python-json-logger does the encoding). Every record passes a
 `SecretRedactor` first, which replaces configured secret values wherever they appear (the
 message, its arguments, extra fields, a traceback), so a secret that leaks into an error
-message from a library still never reaches the journal.
+message from a library still never reaches the journal. Then every non-printable character
+in the message and in extra fields (line breaks, ESC, other control and format characters) is
+written as its Python escape, so a value a client chose (a request path, a header) can neither
+forge a log line nor drive the terminal that shows the log. Tracebacks are left as they are.
 """
 
 from __future__ import annotations
@@ -26,6 +29,28 @@ _RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asc
 #: logs unreadable and such a value is not a secret worth the name.
 MIN_SECRET_LENGTH = 4
 _HANDLER_NAME = "syncd"
+
+
+def escape_unprintable(text: str) -> str:
+    """`text` with each non-printable character as its escape (repr's: \\n, \\x1b, \\u202e)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class UnprintableEscaper(logging.Filter):
+    """Escapes non-printable characters in a record's message and extra string fields."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        escaped = escape_unprintable(message)
+        if escaped is not message or record.args:
+            record.msg = escaped
+            record.args = None
+        for key, value in list(record.__dict__.items()):
+            if key not in _RECORD_ATTRS and isinstance(value, str):
+                record.__dict__[key] = escape_unprintable(value)
+        return True
 
 
 class SecretRedactor(logging.Filter):
@@ -103,6 +128,7 @@ def setup_logging(
     handler.set_name(_HANDLER_NAME)
     redactor = SecretRedactor(secrets)
     handler.addFilter(redactor)
+    handler.addFilter(UnprintableEscaper())
     handler.setFormatter(make_formatter(cfg.format))
     root.addHandler(handler)
     set_level(cfg.level)

@@ -105,6 +105,11 @@ class Metrics:
         self.audit_dropped = Counter(
             "syncd_webhook_audit_dropped", "Audit rows dropped because the buffer was full", registry=r
         )
+        self.audit_sampled_out = Counter(
+            "syncd_webhook_audit_sampled_out",
+            "Rejected requests neither audited nor logged: their client was over its audit budget",
+            registry=r,
+        )
         self.dead_letters = Counter("syncd_dead_letters", "Events stored as dead letters", registry=r)
         self.tombstones = Counter(
             "syncd_tombstones", "Records marked deleted by a full relist", ["resource"], registry=r

@@ -1,13 +1,18 @@
 """The public webhook receiver: one path, checked in a fixed order, acknowledged only when
 the delivery is durable.
 
-Order of checks (the first that fails answers): path (404), IP allowlist (403), rate limit
-per client (429 + Retry-After), method (405), content type (415), body size, both the
+Order of checks (the first that fails answers): IP allowlist (403), rate limit per client
+(429 + Retry-After), path (404), method (405), content type (415), body size, both the
 announced length and while streaming (413), signature over the raw bytes (401, the body
 never says which part failed), JSON envelope (400), durable inbox commit (200, or 503 when
 the store cannot commit or too many deliveries wait). A payload that passes all that but
 is not a valid record is still acknowledged: the worker dead-letters it, since a provider
-would otherwise retry it for days.
+would otherwise retry it for days. That includes a signed body nested too deep to parse:
+it is stored under an id derived from its bytes (retries of it are duplicates).
+
+Before any of this the listener's protocol (syncd.http_limits) bounds the request head
+(header timeout, size and count caps: 431) and evicts idle connections. Rejected requests
+are audited and logged through a per-client sampler, so one client cannot fill the disk.
 
 The endpoint is a raw ASGI callable inside Starlette: the hot path builds no Request or
 Response objects, which keeps the receiver close to the framework's ceiling.
@@ -15,6 +20,7 @@ Response objects, which keeps the receiver close to the framework's ceiling.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -31,20 +37,18 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from syncd.admission import RateLimiter, in_networks, json_content_type, resolve_client
-from syncd.audit import AuditLog, AuditRow
+from syncd.audit import AuditLog, AuditRow, RejectionSampler
 from syncd.config import WebhookConfig
 from syncd.errors import ConfigError, RecordError
+from syncd.http_limits import HeadLimits, guarded_protocol
 from syncd.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
 from syncd.metrics import Metrics
-from syncd.records import envelope_from_object
+from syncd.records import MAX_JSON_DEPTH, envelope_from_object, json_depth_ok
 from syncd.signatures import LowercaseHeaders, Verifier, make_verifier
 from syncd.store import Writer
 
 log = logging.getLogger("syncd.receiver")
 
-#: Deeper JSON than this is refused: real envelopes are 3-4 levels deep, and deep nesting
-#: is a way to make every later json.dumps/loads of the body hit the recursion limit.
-MAX_JSON_DEPTH = 32
 MAX_EVENT_ID_LENGTH = 256
 #: Headers kept with a delivery for audit; signatures, authorization and cookies never are.
 AUDIT_HEADERS = (
@@ -75,6 +79,9 @@ _ERRORS = {
     503: b'{"error":"temporarily unavailable"}',
 }
 
+
+#: Settings the listener's protocol is built with (uvicorn_config), fixed until a restart.
+_LISTENER_KEYS = ("header_timeout", "idle_timeout", "max_header_bytes", "max_headers", "max_connections")
 
 #: Response headers per response body (there are a dozen bodies), built once.
 _RESPONSE_HEADERS: dict[bytes, list[tuple[bytes, bytes]]] = {}
@@ -109,22 +116,6 @@ def _loads(body: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass
     return json.loads(body.decode("utf-8"))
-
-
-def _json_depth_ok(obj: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            children: Any = value.values()
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
-        if depth > limit:
-            return False
-        stack.extend((child, depth + 1) for child in children)
-    return True
 
 
 class _Reject(Exception):
@@ -163,6 +154,7 @@ class WebhookReceiver:
         self._metrics = metrics
         self._clock = clock
         self._counters: dict[tuple[int, str], Any] = {}
+        self._sampler = RejectionSampler()
 
     def update_settings(self, cfg: WebhookConfig, secrets: Sequence[str]) -> None:
         """Swap secrets, limits and allowlists at once (SIGHUP). Raises ValueError, keeping
@@ -171,6 +163,10 @@ class WebhookReceiver:
         new = ReceiverSettings.build(cfg, secrets)
         if cfg.path != self.settings.cfg.path:
             log.warning("webhook.path changed to %s; it takes effect after a restart", cfg.path)
+        old = self.settings.cfg
+        for key in _LISTENER_KEYS:
+            if getattr(cfg, key) != getattr(old, key):
+                log.warning("webhook.%s changed; it takes effect after a restart", key)
         self.limiter.set_rate(cfg.rate_limit)
         self.settings = new
 
@@ -208,22 +204,54 @@ class WebhookReceiver:
         )
         await send({"type": "http.response.body", "body": body})
         self._count(status, reason)
+        now = self._clock()
+        unlogged = 0
+        if status >= 400:
+            sampled = self._sampler.admit(client, now)
+            if sampled is None:
+                if self._metrics is not None:
+                    self._metrics.audit_sampled_out.inc()
+                return
+            unlogged = sampled
         path = scope.get("path", "")[:512]
         self._audit.record(
-            AuditRow(
-                self._clock(), client, scope.get("method", "")[:16], path, status, reason, event_id, size
-            )
+            AuditRow(now, client, scope.get("method", "")[:16], path, status, reason, event_id, size)
         )
         if status >= 400 and status != 429:
-            log.info("webhook %s %s from %s: %d %s", scope.get("method"), path, client, status, reason)
+            log.info(
+                "webhook %s %s from %s: %d %s%s", scope.get("method"), path, client, status, reason,
+                f" ({unlogged} earlier rejections of this client not audited)" if unlogged else "",
+            )  # fmt: skip
 
     async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
+        cfg = self.settings.cfg
         peer = (scope.get("client") or ("", 0))[0]
-        await self._answer(send, scope, peer, 404, "not_found", _ERRORS[404])
+        forwarded = None
+        if cfg.trusted_proxies:
+            forwarded = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"), None
+            )
+        client = resolve_client(peer, forwarded, cfg.trusted_proxies)
+        # Admitted and limited like a delivery, so probing paths costs what a delivery costs.
+        try:
+            self._admit(cfg, client)
+        except _Reject as rej:
+            await self._answer(
+                send, scope, client, rej.status, rej.reason, _ERRORS[rej.status], headers=rej.headers
+            )
+            return
+        await self._answer(send, scope, client, 404, "not_found", _ERRORS[404])
+
+    def _admit(self, cfg: WebhookConfig, client: str) -> None:
+        if cfg.allow_ips and not in_networks(client, cfg.allow_ips):
+            raise _Reject(403, "ip_not_allowed")
+        wait = self.limiter.check(client, self._clock())
+        if wait is not None:
+            raise _Reject(429, "rate_limited", [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -239,11 +267,7 @@ class WebhookReceiver:
         size = 0
         event_id: str | None = None
         try:
-            if cfg.allow_ips and not in_networks(client, cfg.allow_ips):
-                raise _Reject(403, "ip_not_allowed")
-            wait = self.limiter.check(client, self._clock())
-            if wait is not None:
-                raise _Reject(429, "rate_limited", [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+            self._admit(cfg, client)
             if scope["method"] != "POST":
                 raise _Reject(405, "method_not_allowed", [(b"allow", b"POST")])
             if not json_content_type(headers.get("content-type")):
@@ -302,20 +326,20 @@ class WebhookReceiver:
                 return b"".join(chunks), size
 
     @staticmethod
-    def _envelope(body: bytes) -> tuple[str, str, dict[str, Any]]:
+    def _envelope(body: bytes) -> tuple[str, str | None, dict[str, Any] | None]:
         try:
             obj = _loads(body)
         except UnicodeDecodeError:
             raise _Reject(400, "not_utf8") from None
         except RecursionError:
-            raise _Reject(400, "json_too_deep") from None
+            return _too_deep(body)
         except json.JSONDecodeError:
             raise _Reject(400, "malformed_json") from None
         if not isinstance(obj, dict):
             raise _Reject(400, "not_an_object")
         # Nesting needs one bracket per level, so few brackets (the usual case) need no walk.
-        if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and not _json_depth_ok(obj, MAX_JSON_DEPTH):
-            raise _Reject(400, "json_too_deep")
+        if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and not json_depth_ok(obj, MAX_JSON_DEPTH):
+            return _too_deep(body)
         try:
             env = envelope_from_object(obj)
         except RecordError:
@@ -328,6 +352,13 @@ class WebhookReceiver:
         if len(env.event_id) > MAX_EVENT_ID_LENGTH:
             raise _Reject(400, "event_id_too_long")
         return env.event_id, env.event_type, obj
+
+
+def _too_deep(body: bytes) -> tuple[str, str | None, None]:
+    """A signed body nested too deep is well-formed for all the sender knows: a 400 would be
+    retried for days. It is acknowledged under an id derived from its bytes (so its retries
+    are duplicates) and the worker dead-letters it, with the reason, on its own parse."""
+    return "sha256:" + hashlib.sha256(body).hexdigest(), None, None
 
 
 class _Disconnected(Exception):
@@ -403,7 +434,11 @@ def uvicorn_config(
         # uvloop and httptools (uvicorn[standard]): the C event loop and parser roughly
         # halve the per-request cost of the pure-Python ones.
         "loop": "uvloop",
-        "http": "httptools",
+        # uvicorn's httptools protocol with header timeout, head caps and idle eviction.
+        "http": guarded_protocol(
+            HeadLimits(cfg.header_timeout, cfg.max_header_bytes, cfg.max_headers, cfg.max_connections)
+        ),
+        "timeout_keep_alive": cfg.idle_timeout,
         "lifespan": "on",
         "access_log": False,
         "server_header": False,

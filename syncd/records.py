@@ -18,6 +18,9 @@ from syncd import timefmt
 from syncd.errors import RecordError
 
 Source = Literal["webhook", "poll", "fetch"]
+#: Deeper JSON than this is not a valid envelope: real ones are 3-4 levels deep, and deep
+#: nesting is a way to make every later json.dumps/loads of the body hit the recursion limit.
+MAX_JSON_DEPTH = 32
 RecordId = int | str
 #: How much a source is trusted when two different contents claim the same version: an API
 #: read (listing or GET one) is the provider's current truth, a webhook snapshot may be stale.
@@ -143,9 +146,30 @@ def parse_envelope(body: bytes) -> Envelope:
     `type` for `event`. Raises RecordError with a reason fit for a dead letter."""
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except RecursionError:
+        raise RecordError("body is nested deeper than the JSON parser's limit") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError(f"body is not JSON: {exc.__class__.__name__}") from None
+    # Nesting needs one bracket per level, so few brackets (the usual case) need no walk.
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH and not json_depth_ok(obj, MAX_JSON_DEPTH):
+        raise RecordError(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     return envelope_from_object(obj)
+
+
+def json_depth_ok(obj: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 def envelope_from_object(obj: object) -> Envelope:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -313,22 +314,40 @@ async def test_json_that_is_not_an_object(tmp_path: Path) -> None:
         await assert_intact(rx, client)
 
 
-async def test_huge_nesting(tmp_path: Path) -> None:
+async def test_signed_body_nested_too_deep_is_acknowledged_and_dead_lettered(tmp_path: Path) -> None:
+    # A 400 would be retried by the provider for about 31 hours: the body is signed, so it is
+    # acknowledged and kept as a dead letter with its reason, under an id from its bytes.
     async with receiver(tmp_path) as (rx, client):
         await prime(rx, client)
         depth = 30_000
-        body = (
-            b'{"eventId": "evt_deep", "event": "order.created", "data": ' + b"[" * depth + b"]" * depth + b"}"
-        )
-        response = await _post_signed(rx, client, body)
-        assert response.status_code == 400
-        assert (await last_audit(rx))[3:5] == (400, "json_too_deep")
+        head = b'{"eventId": "evt_deep", "event": "order.created", "data": '
+        past_parser = head + b"[" * depth + b"]" * depth + b"}"
         # Deep, but within what the parser handles: refused by the depth limit, not by luck.
-        body = b'{"eventId": "evt_deep2", "event": "order.created", "data": ' + b"[" * 100 + b"]" * 100 + b"}"
-        response = await _post_signed(rx, client, body)
-        assert response.status_code == 400
-        assert (await last_audit(rx))[3:5] == (400, "json_too_deep")
+        past_limit = head + b"[" * 32 + b"]" * 32 + b"}"
+        # 32 levels in all: the envelope, the record and 30 nested lists.
+        nested: Any = 1
+        for _ in range(30):
+            nested = [nested]
+        at_limit = envelope("evt_deep_ok", data=order(7, nested=nested))
+        for body in (past_parser, past_limit):
+            response = await _post_signed(rx, client, body)
+            assert response.status_code == 200, response.text
+            assert response.json() == {"status": "accepted"}
+            assert (await last_audit(rx))[3:5] == (200, "accepted")
+        again = await _post_signed(rx, client, past_parser)
+        assert again.json() == {"status": "duplicate"}
+        response = await _post_signed(rx, client, at_limit)
+        assert response.json() == {"status": "accepted"}
         await assert_intact(rx, client)
+        await InboxWorker(rx.writer, None, fetch_thin=False).drain()
+        letters = dict(rx.query("SELECT event_id, reason FROM _dead_letters"))
+        assert letters == {
+            "sha256:"
+            + hashlib.sha256(past_parser).hexdigest(): "body is nested deeper than the JSON parser's limit",
+            "sha256:" + hashlib.sha256(past_limit).hexdigest(): "body is nested deeper than 32 levels",
+        }
+        assert {r[0] for r in rx.query("SELECT id FROM orders")} == {1, 7}
+        assert rx.query("SELECT count(*) FROM _inbox") == [(0,)]
 
 
 async def test_missing_event_id(tmp_path: Path) -> None:

@@ -348,3 +348,28 @@ def test_example_config_unset_keys_are_the_ones_without_default() -> None:
         "webhook.tls_cert",
         "webhook.tls_key",
     }
+
+
+@pytest.mark.parametrize(
+    ("key", "at_bound", "past_bound"),
+    [
+        ("header_timeout", "'1h'", "'3601s'"),
+        ("header_timeout", "'1ms'", "'0s'"),
+        ("idle_timeout", "'1h'", "'3601s'"),
+        ("idle_timeout", "'1ms'", "'0ms'"),
+        ("max_header_bytes", "'1KiB'", "1023"),
+        ("max_header_bytes", "'16MiB'", "16777217"),
+        ("max_headers", "8", "7"),
+        ("max_headers", "10000", "10001"),
+        ("max_connections", "16", "15"),
+        ("max_connections", "65536", "65537"),
+    ],
+)
+def test_listener_limits_at_and_past_their_bounds(
+    tmp_path: Path, key: str, at_bound: str, past_bound: str
+) -> None:
+    cfg = load_config(write(tmp_path, f"[webhook]\n{key} = {at_bound}\n"), env=SECRETS_ENV)
+    assert getattr(cfg.webhook, key) > 0
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"[webhook]\n{key} = {past_bound}\n"), env=SECRETS_ENV)
+    assert info.value.key == f"webhook.{key}"

@@ -153,7 +153,11 @@ def test_parse_envelope_ignores_a_timestamp_that_is_not_a_string() -> None:
         (b'{"eventId": "", "event": "order.created"}', "envelope has no eventId"),
         (b'{"eventId": "evt_9"}', "event evt_9: envelope has no event type"),
         (b'{"eventId": "evt_9", "event": ""}', "event evt_9: envelope has no event type"),
-        (b"[" * 100_000 + b"]" * 100_000, "body is not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "body is nested deeper than the JSON parser's limit"),
+        (
+            b'{"eventId": "e", "event": "order.created", "data": ' + b"[" * 40 + b"]" * 40 + b"}",
+            "body is nested deeper than 32 levels",
+        ),
     ],
 )
 def test_parse_envelope_rejects_bad_bodies_with_a_reason(raw: bytes, reason: str) -> None:
