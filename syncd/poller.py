@@ -16,6 +16,7 @@ whatever the size of the listing.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 from syncd.errors import CursorExpiredError, RecordError
 from syncd.progress import ProgressReporter
-from syncd.reconcile import BatchResult, apply_batch
+from syncd.reconcile import BatchResult, Outcome, apply_batch
 from syncd.records import Change, parse_record
 from syncd.store import CursorState, Store, Writer, parse_iso, utc_iso
 
@@ -78,6 +79,15 @@ def _later(a: str | None, b: str | None) -> str | None:
     return b if parse_iso(b) > parse_iso(a) else a
 
 
+#: A listed record that could not be parsed: (the record, why, its id as text if it has one).
+Rejected = tuple[object, str, str | None]
+
+
+def _record_json(obj: object) -> bytes:
+    # ASCII JSON holds anything a parsed record can (lone surrogates, huge integers).
+    return json.dumps(obj, default=str).encode()
+
+
 def _commit_page(
     store: Store,
     resource: str,
@@ -85,13 +95,41 @@ def _commit_page(
     page_max: str | None,
     listed: int | None,
     polled_at: float,
+    rejected: list[Rejected] | None = None,
 ) -> tuple[BatchResult, str | None]:
     """Apply a page and move the cursor, in one transaction (runs on the writer thread).
+
+    Records that cannot be parsed or stored become dead letters in the same transaction, so
+    every record the cursor moves past is either mirrored or kept with its reason; the
+    cursor may pass a dead letter, which `syncd replay` re-applies.
 
     The cursor is re-read here so a listing never moves it backwards past what another
     listing of the same resource committed meanwhile."""
     with store.db.atomic():
         result = apply_batch(store, changes, listed=listed)
+        for obj, reason, record_id in rejected or ():
+            store.add_dead_letter(
+                None,
+                None,
+                polled_at,
+                reason,
+                _record_json(obj),
+                resource=resource,
+                record_id=record_id,
+                source="poll",
+            )
+        for i, reason in result.reasons.items():
+            change = changes[i]
+            store.add_dead_letter(
+                None,
+                None,
+                polled_at,
+                reason,
+                _record_json(change.data),
+                resource=resource,
+                record_id=str(change.id),
+                source="poll",
+            )
         current = store.cursor_state(resource).cursor
         cursor = _later(current, page_max)
         if cursor != current:
@@ -134,9 +172,11 @@ class _Pending:
     listed: int
     pages: int = 1
     future: asyncio.Future[tuple[BatchResult, str | None]] | None = None
+    rejected: list[Rejected] = field(default_factory=list)
 
     def merge(self, other: _Pending) -> _Pending:
         self.changes.extend(other.changes)
+        self.rejected.extend(other.rejected)
         self.page_max = _later(self.page_max, other.page_max)
         self.fresh += other.fresh
         self.listed += other.listed
@@ -310,13 +350,15 @@ class Poller:
     def _prepare(self, result: PollResult, page: Page, prev_cursor: str | None) -> _Pending:
         resource = result.resource
         changes: list[Change] = []
+        rejected: list[Rejected] = []
         for obj in page.records:
             try:
                 changes.append(parse_record(resource, obj, "poll"))
             except RecordError as exc:
-                # Skipped, not fatal: one bad record must not stop the whole resource.
-                result.counts["invalid"] += 1
-                log.warning("%s: skipping an invalid record in a listing: %s", resource, exc)
+                # A dead letter, not fatal: one bad record must not stop the whole resource.
+                rid = obj.get("id") if isinstance(obj, dict) else None
+                rejected.append((obj, exc.reason, None if rid is None else str(rid)))
+                log.warning("%s: an invalid record in a listing is kept as a dead letter: %s", resource, exc)
         page_max: str | None = None
         fresh = 0
         if changes:
@@ -325,12 +367,18 @@ class Poller:
                 fresh = len(changes)
             else:
                 fresh = sum(1 for c in changes if c.updated_at > prev_cursor)
-        return _Pending(resource, changes, page_max, fresh, len(page.records))
+        return _Pending(resource, changes, page_max, fresh, len(page.records), rejected=rejected)
 
     def _submit(self, group: _Pending, generation: int | None) -> _Pending:
         group.future = asyncio.wrap_future(
             self.writer.submit(
-                _commit_page, group.resource, group.changes, group.page_max, generation, self.clock()
+                _commit_page,
+                group.resource,
+                group.changes,
+                group.page_max,
+                generation,
+                self.clock(),
+                group.rejected,
             )
         )
         return group
@@ -348,6 +396,7 @@ class Poller:
         result.fresh += page.fresh
         result.applied += batch.written
         result.counts.update(batch.counts)
+        result.counts[Outcome.INVALID.value] += len(page.rejected)
         result.cursor = cursor
         if report is not None:
             report.advance(result.resource, page.listed, page.page_max)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from syncd.config import Config
-from syncd.store import MIRROR_RESOURCES, Store, parse_iso, utc_iso
+from syncd.store import MIRROR_RESOURCES, OPEN_DEAD_LETTER_SQL, Store, dead_letter_counts, parse_iso, utc_iso
 
 #: _meta keys the daemon maintains (see syncd.daemon).
 META_MODE = "mode"
@@ -62,6 +62,10 @@ _RESOURCE_SCHEMA: dict[str, Any] = {
         "tombstoned": {**_COUNT, "description": "records a full listing no longer returned"},
     },
 }
+
+#: Open dead letters listed by `syncd status`; the counts cover all of them.
+LATEST_DEAD_LETTERS = 10
+
 
 STATUS_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -127,8 +131,31 @@ STATUS_SCHEMA: dict[str, Any] = {
         "dead_letters": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["total", "unreplayed"],
-            "properties": {"total": _COUNT, "unreplayed": _COUNT},
+            "required": ["total", "open", "latest"],
+            "properties": {
+                "total": _COUNT,
+                "open": {
+                    **_COUNT,
+                    "description": "never replayed, or replayed and still invalid: what `replay --all` re-drives",
+                },
+                "latest": {
+                    "type": "array",
+                    "description": f"the {LATEST_DEAD_LETTERS} most recent open dead letters",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["id", "source", "resource", "record_id", "event_id", "reason"],
+                        "properties": {
+                            "id": _COUNT,
+                            "source": {"type": ["string", "null"]},
+                            "resource": {"type": ["string", "null"]},
+                            "record_id": {"type": ["string", "null"]},
+                            "event_id": {"type": ["string", "null"]},
+                            "reason": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+            },
         },
         "fallback_switches": {**_COUNT, "description": "switches between push and fallback, ever"},
     },
@@ -197,9 +224,15 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
             " UNION ALL SELECT MAX(received_at) FROM _inbox)"
         ).fetchone()[0]
         (inbox_depth,) = conn.execute("SELECT COUNT(*) FROM _inbox").fetchone()
-        dead_total, dead_open = conn.execute(
-            "SELECT COUNT(*), COUNT(*) - COUNT(replayed_at) FROM _dead_letters"
-        ).fetchone()
+        dead_total, dead_open = dead_letter_counts(conn)
+        latest = [
+            dict(zip(("id", "source", "resource", "record_id", "event_id", "reason"), row, strict=True))
+            for row in conn.execute(
+                "SELECT id, COALESCE(source, 'webhook'), resource, record_id, event_id, reason"
+                f" FROM _dead_letters WHERE {OPEN_DEAD_LETTER_SQL} ORDER BY id DESC LIMIT ?",
+                (LATEST_DEAD_LETTERS,),
+            )
+        ]
         resources = _resources(conn, names, now)
     finally:
         conn.close()
@@ -225,7 +258,7 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
         "last_webhook_at": _iso(last_webhook),
         "events": events,
         "inbox_depth": int(inbox_depth),
-        "dead_letters": {"total": int(dead_total), "unreplayed": int(dead_open)},
+        "dead_letters": {"total": dead_total, "open": dead_open, "latest": latest},
         "fallback_switches": int(meta.get(META_MODE_SWITCHES, "0")),
     }
 
@@ -250,8 +283,22 @@ def render_status(report: dict[str, Any], console: Console) -> None:
     overview.add_row("last webhook", _show(report["last_webhook_at"]))
     overview.add_row("inbox depth", str(report["inbox_depth"]))
     dead = report["dead_letters"]
-    overview.add_row("dead letters", f"{dead['total']} ({dead['unreplayed']} not replayed)")
+    overview.add_row("dead letters", f"{dead['total']} ({dead['open']} open)")
     console.print(overview)
+    if dead["latest"]:
+        letters = Table(title="open dead letters (latest first; `syncd replay --all` re-drives them)")
+        for column in ("id", "source", "resource", "record", "event", "reason"):
+            letters.add_column(column)
+        for d in dead["latest"]:
+            letters.add_row(
+                str(d["id"]),
+                _show(d["source"]),
+                _show(d["resource"]),
+                _show(d["record_id"]),
+                _show(d["event_id"]),
+                _show(d["reason"]),
+            )
+        console.print(letters)
 
     table = Table(title="resources")
     for column in (

@@ -484,5 +484,7 @@ def test_nested_values_become_canonical_json_text(value: Any) -> None:
 
 def test_json_text_of_values_orjson_refuses() -> None:
     assert to_json_text({"b": 2**70, "a": 1}) == '{"a":1,"b":1180591620717411303424}'
-    assert to_json_text(["\ud800"]) == '["\ud800"]'
+    # A lone surrogate cannot be SQLite text: its JSON escape is stored instead.
+    assert to_json_text(["\ud800"]) == '["\\ud800"]'
+    assert to_json_text(["\ud800", 2**70, "é"]) == '["\\ud800",1180591620717411303424,"\\u00e9"]'
     assert to_json_text({"é": [1.5, None, True]}) == '{"é":[1.5,null,true]}'
