@@ -131,11 +131,21 @@ class EventProcessor:
         resource = item.resource
         assert resource is not None
         try:
-            change = parse_record(resource, json.loads(item.body), "poll")
-        except RecordError as exc:
-            return Settled(item, None, outcome=INVALID, reason=exc.reason, resource=resource)
+            obj = json.loads(item.body)
         except ValueError as exc:
             return Settled(item, None, outcome=INVALID, reason=f"not a JSON record: {exc}", resource=resource)
+        try:
+            change = parse_record(resource, obj, "poll")
+        except RecordError as exc:
+            rid = obj.get("id") if isinstance(obj, dict) else None
+            return Settled(
+                item,
+                None,
+                outcome=INVALID,
+                reason=exc.reason,
+                resource=resource,
+                record_id=None if rid is None else str(rid),
+            )
         return Settled(item, None, change=change, resource=resource, record_id=str(change.id))
 
     async def _fetch(self, s: Settled) -> None:
@@ -388,6 +398,8 @@ class ReplayResult:
     event_id: str | None
     outcome: str
     reason: str | None
+    resource: str | None = None
+    record_id: str | None = None
 
 
 async def replay_dead_letters(
@@ -406,6 +418,6 @@ async def replay_dead_letters(
     settled = await EventProcessor(client, fetch_thin=fetch_thin).prepare(letters)
     outcomes = await writer.run(settle, settled, clock())
     return [
-        ReplayResult(s.item.dead_letter_id or 0, s.item.event_id, outcome, s.reason)
+        ReplayResult(s.item.dead_letter_id or 0, s.item.event_id, outcome, s.reason, s.resource, s.record_id)
         for s, outcome in zip(settled, outcomes, strict=True)
     ]

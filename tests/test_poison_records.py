@@ -22,12 +22,14 @@ from typing import Any
 import httpx
 import pytest
 import stamina
+from click.testing import CliRunner
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from syncd.api import PetstoreClient
+from syncd.cli import main
 from syncd.config import WebhookConfig
 from syncd.poller import Poller
 from syncd.reconcile import apply_batch
@@ -35,7 +37,7 @@ from syncd.records import parse_record
 from syncd.status import collect_status
 from syncd.store import Store, Writer
 from syncd.worker import InboxWorker, replay_dead_letters
-from tests.poll_helpers import cursor_of, make_config
+from tests.poll_helpers import cursor_of, make_config, write_config_file
 from tests.webhook_support import envelope, order, running_receiver, serve_app, signed_headers
 
 #: Columns of a fresh orders table: id, the contract's eight fields, seven bookkeeping ones.
@@ -384,3 +386,33 @@ async def test_a_poll_dead_letter_replays_once_it_can_be_stored(tmp_path: Path) 
         finally:
             await client.aclose()
             writer.stop()
+
+
+def test_status_and_replay_commands_show_a_poll_dead_letter(tmp_path: Path) -> None:
+    db = tmp_path / "mirror.db"
+
+    async def poll_once() -> str:
+        async with hostile_api([stamped(order(1), 10), stamped(order(2**63), 11)]) as (_, url):
+            writer = Writer(lambda: Store(db))
+            writer.start()
+            client = PetstoreClient(url, "test-key", timeout=5)
+            try:
+                await Poller(client, writer, make_config(url, db)).poll("orders")
+            finally:
+                await client.aclose()
+                writer.stop()
+            return url
+
+    url = asyncio.run(poll_once())
+    # Replaying a listed record re-applies it; the API (gone by now) is not asked.
+    config = write_config_file(tmp_path / "syncd.toml", url, db)
+    env = {"SYNCD_TEST_API_KEY": "test-key", "COLUMNS": "240"}
+    status = CliRunner(env=env).invoke(main, ["status", "--config", str(config)])
+    assert status.exit_code == 0, status.output
+    assert "1 (1 open)" in status.output
+    assert "id 9223372036854775808 is outside the 64-bit integer range" in status.output
+    replay = CliRunner(env=env).invoke(main, ["replay", "--config", str(config), "--all"])
+    assert replay.exit_code == 0, replay.output
+    assert "orders record 9223372036854775808: invalid" in replay.output
+    assert "0 replayed, 1 still dead letters" in replay.output
+    assert mirror_row(db, 1) is not None
