@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -107,6 +108,12 @@ def _commit_page(
     listing of the same resource committed meanwhile."""
     with store.db.atomic():
         result = apply_batch(store, changes, listed=listed)
+        if listed is not None:
+            # The listing did return these records: a relist must not tombstone an older
+            # copy of one merely because the copy listed now cannot be stored.
+            spared = [obj.get("id") for obj, _, _ in rejected or () if isinstance(obj, dict)]
+            spared += [changes[i].id for i in result.reasons]
+            _mark_listed_where_possible(store, resource, spared, listed)
         for obj, reason, record_id in rejected or ():
             store.add_dead_letter(
                 None,
@@ -136,6 +143,17 @@ def _commit_page(
             store.set_cursor(resource, cursor)
         store.update_cursor_meta(resource, last_poll_at=polled_at)
     return result, cursor
+
+
+def _mark_listed_where_possible(store: Store, resource: str, ids: list[object], generation: int) -> None:
+    for rid in ids:
+        if isinstance(rid, bool) or not isinstance(rid, int | str):
+            continue
+        try:
+            with store.db.atomic():
+                store.mark_listed(resource, [rid], generation)
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError, UnicodeError):
+            continue  # an id SQLite cannot bind is no id of a stored record either
 
 
 def _finish_listing(

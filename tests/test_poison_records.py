@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -416,3 +417,47 @@ def test_status_and_replay_commands_show_a_poll_dead_letter(tmp_path: Path) -> N
     assert "orders record 9223372036854775808: invalid" in replay.output
     assert "0 replayed, 1 still dead letters" in replay.output
     assert mirror_row(db, 1) is not None
+
+
+async def test_a_relist_does_not_tombstone_a_record_whose_listed_copy_is_a_dead_letter(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "mirror.db"
+    store = Store(db)
+    apply_batch(store, [parse_record("orders", stamped(order(rid), 1), "poll") for rid in (1, 2, 3, 4)])
+    store.close()
+    # Record 2 comes back at a version SQLite cannot hold, 3 with too many fields; 4 is gone.
+    too_wide = {f"f{i}": i for i in range(COLUMN_LIMIT)}
+    records = [
+        stamped(order(1), 10),
+        stamped(order(2, version=2**63), 11),
+        stamped(order(3, version=2, **too_wide), 12),
+    ]
+    async with hostile_api(records) as (_, url):
+        writer = Writer(lambda: Store(db))
+        writer.start()
+        client = PetstoreClient(url, "test-key", timeout=5)
+        try:
+            # An hour on: the stored copies are past the visibility window that spares them.
+            later = time.time() + 3600
+            result = await Poller(client, writer, make_config(url, db), clock=lambda: later).full_relist(
+                "orders"
+            )
+        finally:
+            await client.aclose()
+            writer.stop()
+    assert result.tombstoned == 1
+    rows = {
+        rid: (version, deleted)
+        for rid, version, deleted in read_rows(db, "SELECT id, _version, _deleted FROM orders")
+    }
+    assert rows == {1: (1, 0), 2: (1, 0), 3: (1, 0), 4: (1, 1)}
+    assert len(dead_letters(db)) == 2
+
+
+def read_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = Store.open_reader(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
