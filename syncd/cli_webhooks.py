@@ -47,7 +47,9 @@ def replay(config_path: str | None, ids: tuple[int, ...], replay_all: bool) -> N
     for r in results:
         detail = f" ({r.reason})" if r.reason else ""
         what = f"event {r.event_id}" if r.event_id is not None else f"{r.resource} record {r.record_id}"
-        click.echo(f"dead letter {r.dead_letter_id} {what}: {r.outcome}{detail}")
+        line = f"dead letter {r.dead_letter_id} {what}: {r.outcome}{detail}"
+        # Ids and reasons come from records: a terminal must not act on what they hold.
+        click.echo("".join(c if c.isprintable() else repr(c)[1:-1] for c in line))
     still = sum(r.outcome in ("invalid", "retry") for r in results)
     click.echo(f"{len(results) - still} replayed, {still} still dead letters")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from syncd.config import Config
 from syncd.store import MIRROR_RESOURCES, OPEN_DEAD_LETTER_SQL, Store, dead_letter_counts, parse_iso, utc_iso
@@ -267,6 +268,15 @@ def _show(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _plain(value: Any) -> Text:
+    """A value that came from a record, shown as it is: never read as rich markup, and
+    characters a terminal would act on written as escapes."""
+    shown = _show(value)
+    if not shown.isprintable():
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    return Text(shown)
+
+
 def render_status(report: dict[str, Any], console: Console) -> None:
     """The report as a few rich tables, for people."""
     mode = report["mode"]
@@ -292,11 +302,7 @@ def render_status(report: dict[str, Any], console: Console) -> None:
         for d in dead["latest"]:
             letters.add_row(
                 str(d["id"]),
-                _show(d["source"]),
-                _show(d["resource"]),
-                _show(d["record_id"]),
-                _show(d["event_id"]),
-                _show(d["reason"]),
+                *(_plain(d[key]) for key in ("source", "resource", "record_id", "event_id", "reason")),
             )
         console.print(letters)
 

@@ -393,7 +393,13 @@ def test_status_and_replay_commands_show_a_poll_dead_letter(tmp_path: Path) -> N
     db = tmp_path / "mirror.db"
 
     async def poll_once() -> str:
-        async with hostile_api([stamped(order(1), 10), stamped(order(2**63), 11)]) as (_, url):
+        # The id is shown in the reason: markup and terminal escapes must come out inert.
+        hostile = [
+            stamped(order(1), 10),
+            stamped(order(2**63), 11),
+            stamped(order("[red]\x1b[2J", 2**63), 12),
+        ]
+        async with hostile_api(hostile) as (_, url):
             writer = Writer(lambda: Store(db))
             writer.start()
             client = PetstoreClient(url, "test-key", timeout=5)
@@ -410,12 +416,16 @@ def test_status_and_replay_commands_show_a_poll_dead_letter(tmp_path: Path) -> N
     env = {"SYNCD_TEST_API_KEY": "test-key", "COLUMNS": "240"}
     status = CliRunner(env=env).invoke(main, ["status", "--config", str(config)])
     assert status.exit_code == 0, status.output
-    assert "1 (1 open)" in status.output
+    assert "2 (2 open)" in status.output
     assert "id 9223372036854775808 is outside the 64-bit integer range" in status.output
+    assert "[red]\\x1b[2J" in status.output
+    assert "\x1b" not in status.output
     replay = CliRunner(env=env).invoke(main, ["replay", "--config", str(config), "--all"])
     assert replay.exit_code == 0, replay.output
     assert "orders record 9223372036854775808: invalid" in replay.output
-    assert "0 replayed, 1 still dead letters" in replay.output
+    assert "0 replayed, 2 still dead letters" in replay.output
+    assert "orders record [red]\\x1b[2J: invalid" in replay.output
+    assert "\x1b" not in replay.output
     assert mirror_row(db, 1) is not None
 
 
