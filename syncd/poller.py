@@ -427,6 +427,8 @@ class Poller:
         m.poll_duration.labels(resource=resource, kind=result.kind).observe(result.duration)
         for outcome, n in result.counts.items():
             m.records.labels(source="poll", outcome=outcome).inc(n)
+        if result.counts["invalid"]:
+            m.dead_letters.inc(result.counts["invalid"])
         if result.tombstoned:
             m.tombstones.labels(resource=resource).inc(result.tombstoned)
         if result.cursor is not None:
