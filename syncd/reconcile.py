@@ -259,6 +259,16 @@ def apply_batch(store: Store, changes: Sequence[Change], *, listed: int | None =
     applied as if they had not been there. A failure no record causes (disk full) is raised.
     """
     if not store.conn.in_transaction:
+        # A transaction of its own needs no savepoint to undo a failed first attempt (a
+        # savepoint copies every page it changes to a sub-journal): roll it all back, and
+        # isolate the culprits in a new one.
+        try:
+            with store.db.atomic():
+                return _apply(store, changes, listed)
+        except Exception as exc:
+            if not _record_fault(exc):
+                raise
+            store.forget_schema()
         with store.db.atomic():
             return apply_batch(store, changes, listed=listed)
     try:
