@@ -32,7 +32,9 @@ class WaitTimeoutError(SyncdError, TimeoutError):
 @click.command()
 @config_option
 @click.option("--id", "ids", type=int, multiple=True, help="Dead letter id to replay (repeatable).")
-@click.option("--all", "replay_all", is_flag=True, help="Every dead letter not yet replayed successfully.")
+@click.option(
+    "--all", "replay_all", is_flag=True, help="Every open dead letter: never replayed, or still invalid."
+)
 def replay(config_path: str | None, ids: tuple[int, ...], replay_all: bool) -> None:
     """Re-drive dead letters through the inbox worker's logic."""
     if not ids and not replay_all:
@@ -44,7 +46,10 @@ def replay(config_path: str | None, ids: tuple[int, ...], replay_all: bool) -> N
         return
     for r in results:
         detail = f" ({r.reason})" if r.reason else ""
-        click.echo(f"dead letter {r.dead_letter_id} event {r.event_id}: {r.outcome}{detail}")
+        what = f"event {r.event_id}" if r.event_id is not None else f"{r.resource} record {r.record_id}"
+        line = f"dead letter {r.dead_letter_id} {what}: {r.outcome}{detail}"
+        # Ids and reasons come from records: a terminal must not act on what they hold.
+        click.echo("".join(c if c.isprintable() else repr(c)[1:-1] for c in line))
     still = sum(r.outcome in ("invalid", "retry") for r in results)
     click.echo(f"{len(results) - still} replayed, {still} still dead letters")
 

@@ -22,6 +22,16 @@ class StoreError(SyncdError, RuntimeError):
     """The SQLite store cannot do what was asked (schema too new, file unusable)."""
 
 
+class ColumnLimitError(StoreError):
+    """New fields would take a mirror table past SQLite's column limit."""
+
+    def __init__(self, resource: str, needed: int, limit: int) -> None:
+        self.resource = resource
+        super().__init__(
+            f"{resource}: storing this record needs {needed} columns, more than SQLite's limit of {limit}"
+        )
+
+
 class StoreClosedError(StoreError):
     """Work was handed to the store writer after it stopped."""
 

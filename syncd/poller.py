@@ -33,7 +33,9 @@ reason is kept in `_meta` for `syncd status` until a relist tombstones normally 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sqlite3
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
@@ -45,7 +47,7 @@ from typing import TYPE_CHECKING, Literal
 from syncd import timefmt
 from syncd.errors import CursorExpiredError, ListingLoopError, RecordError
 from syncd.progress import ProgressReporter
-from syncd.reconcile import BatchResult, apply_batch
+from syncd.reconcile import BatchResult, Outcome, apply_batch
 from syncd.records import Change, parse_record
 from syncd.store import CursorState, Store, Writer
 
@@ -142,6 +144,15 @@ def _later(a: int | None, b: int | None) -> int | None:
     return max(a, b)
 
 
+#: A listed record that could not be parsed: (the record, why, its id as text if it has one).
+Rejected = tuple[object, str, str | None]
+
+
+def _record_json(obj: object) -> bytes:
+    # ASCII JSON holds anything a parsed record can (lone surrogates, huge integers).
+    return json.dumps(obj, default=str).encode()
+
+
 def _commit_page(
     store: Store,
     resource: str,
@@ -149,13 +160,47 @@ def _commit_page(
     page_max: int | None,
     listed: int | None,
     polled_at: float,
+    rejected: list[Rejected] | None = None,
 ) -> tuple[BatchResult, str | None]:
     """Apply a page and move the cursor, in one transaction (runs on the writer thread).
+
+    Records that cannot be parsed or stored become dead letters in the same transaction, so
+    every record the cursor moves past is either mirrored or kept with its reason; the
+    cursor may pass a dead letter, which `syncd replay` re-applies.
 
     The cursor is re-read here so a listing never moves it backwards past what another
     listing of the same resource committed meanwhile."""
     with store.db.atomic():
         result = apply_batch(store, changes, listed=listed)
+        if listed is not None:
+            # The listing did return these records: a relist must not tombstone an older
+            # copy of one merely because the copy listed now cannot be stored.
+            spared = [obj.get("id") for obj, _, _ in rejected or () if isinstance(obj, dict)]
+            spared += [changes[i].id for i in result.reasons]
+            _mark_listed_where_possible(store, resource, spared, listed)
+        for obj, reason, record_id in rejected or ():
+            store.add_dead_letter(
+                None,
+                None,
+                polled_at,
+                reason,
+                _record_json(obj),
+                resource=resource,
+                record_id=record_id,
+                source="poll",
+            )
+        for i, reason in result.reasons.items():
+            change = changes[i]
+            store.add_dead_letter(
+                None,
+                None,
+                polled_at,
+                reason,
+                _record_json(change.data),
+                resource=resource,
+                record_id=str(change.id),
+                source="poll",
+            )
         current = store.cursor_state(resource).cursor
         newest = _later(_ms(current), page_max)
         cursor = current if newest is None else timefmt.format_ms(newest)
@@ -191,6 +236,17 @@ class _RelistGuard:
             f" or all of them); check the API and the config, then run"
             f" `syncd resync {resource} --allow-mass-delete`"
         )
+
+
+def _mark_listed_where_possible(store: Store, resource: str, ids: list[object], generation: int) -> None:
+    for rid in ids:
+        if isinstance(rid, bool) or not isinstance(rid, int | str):
+            continue
+        try:
+            with store.db.atomic():
+                store.mark_listed(resource, [rid], generation)
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError, UnicodeError):
+            continue  # an id SQLite cannot bind is no id of a stored record either
 
 
 def _finish_listing(
@@ -276,9 +332,11 @@ class _Pending:
     listed: int
     pages: int = 1
     future: asyncio.Future[tuple[BatchResult, str | None]] | None = None
+    rejected: list[Rejected] = field(default_factory=list)
 
     def merge(self, other: _Pending) -> _Pending:
         self.changes.extend(other.changes)
+        self.rejected.extend(other.rejected)
         self.page_max = _later(self.page_max, other.page_max)
         self.fresh += other.fresh
         self.listed += other.listed
@@ -482,13 +540,15 @@ class Poller:
     def _prepare(self, result: PollResult, page: Page, prev_ms: int | None) -> _Pending:
         resource = result.resource
         changes: list[Change] = []
+        rejected: list[Rejected] = []
         for obj in page.records:
             try:
                 changes.append(parse_record(resource, obj, "poll"))
             except RecordError as exc:
-                # Skipped, not fatal: one bad record must not stop the whole resource.
-                result.counts["invalid"] += 1
-                log.warning("%s: skipping an invalid record in a listing: %s", resource, exc)
+                # A dead letter, not fatal: one bad record must not stop the whole resource.
+                rid = obj.get("id") if isinstance(obj, dict) else None
+                rejected.append((obj, exc.reason, None if rid is None else str(rid)))
+                log.warning("%s: an invalid record in a listing is kept as a dead letter: %s", resource, exc)
         page_max: int | None = None
         fresh = 0
         if changes:
@@ -506,7 +566,7 @@ class Poller:
                 self._future(result, changes, stamps, trust_until, api_now is not None)
             page_max = max(trusted, default=None)
             fresh = sum(1 for ms in trusted if prev_ms is None or ms > prev_ms)
-        return _Pending(resource, changes, page_max, fresh, len(page.records))
+        return _Pending(resource, changes, page_max, fresh, len(page.records), rejected=rejected)
 
     def _future(
         self,
@@ -545,7 +605,13 @@ class Poller:
     def _submit(self, group: _Pending, generation: int | None) -> _Pending:
         group.future = asyncio.wrap_future(
             self.writer.submit(
-                _commit_page, group.resource, group.changes, group.page_max, generation, self.clock()
+                _commit_page,
+                group.resource,
+                group.changes,
+                group.page_max,
+                generation,
+                self.clock(),
+                group.rejected,
             )
         )
         return group
@@ -563,6 +629,7 @@ class Poller:
         result.fresh += page.fresh
         result.applied += batch.written
         result.counts.update(batch.counts)
+        result.counts[Outcome.INVALID.value] += len(page.rejected)
         result.cursor = cursor
         if report is not None:
             newest = None if page.page_max is None else timefmt.format_ms(page.page_max)
@@ -576,6 +643,8 @@ class Poller:
         m.poll_duration.labels(resource=resource, kind=result.kind).observe(result.duration)
         for outcome, n in result.counts.items():
             m.records.labels(source="poll", outcome=outcome).inc(n)
+        if result.counts["invalid"]:
+            m.dead_letters.inc(result.counts["invalid"])
         if result.tombstoned:
             m.tombstones.labels(resource=resource).inc(result.tombstoned)
         cursor_at = timefmt.try_epoch(result.cursor)

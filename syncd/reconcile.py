@@ -21,14 +21,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from syncd.errors import ColumnLimitError, RecordError, StoreError
 from syncd.records import AUTHORITY, Change, RecordId
-from syncd.store import PLAIN_TYPES, RESERVED_FIELDS, Store, StoredState, to_column_value, utc_iso
+from syncd.schema import storable_text
+from syncd.store import PLAIN_TYPES, Store, StoredState, to_column_value, to_stored_value, utc_iso
 
 log = logging.getLogger("syncd.reconcile")
 
@@ -41,6 +44,7 @@ class Outcome(StrEnum):
     CONFLICT = "conflict"  # same version, different content; the rule picked the incoming one
     STALE = "stale"  # older than what is stored (or lost a same-version conflict)
     DUPLICATE = "duplicate"  # same version, same content
+    INVALID = "invalid"  # could not be stored: the caller keeps it as a dead letter
 
     @property
     def writes(self) -> bool:
@@ -51,13 +55,10 @@ _WRITING = frozenset({Outcome.APPLIED, Outcome.RESURRECTED, Outcome.CONFLICT})
 
 
 def content_of(change: Change) -> dict[str, Any]:
-    """The record as the store keeps it (column values, NULLs dropped), for comparisons."""
-    conv, plain, reserved = to_column_value, PLAIN_TYPES, RESERVED_FIELDS
-    return {
-        k: v if type(v) in plain else conv(v)
-        for k, v in change.data.items()
-        if v is not None and k not in reserved
-    }
+    """The record as the store keeps it (field -> column value, NULLs dropped), for
+    comparisons. Fields are compared by name, whatever column the mapping gave them."""
+    conv = to_stored_value
+    return {k: conv(v) for k, v in change.data.items() if v is not None}
 
 
 _ABSENT = object()
@@ -66,14 +67,17 @@ _ABSENT = object()
 def _matches(data: Mapping[str, Any], stored: Content) -> bool:
     """`content_of(change) == stored` without building the dict: the duplicate check runs for
     every record a poll's lookback re-reads, and most are equal."""
-    conv, plain, reserved = to_column_value, PLAIN_TYPES, RESERVED_FIELDS
+    conv, plain = to_column_value, PLAIN_TYPES
     get = stored.get
     fields = 0
     for key, value in data.items():
-        if value is None or key in reserved:
+        if value is None:
             continue
         fields += 1
-        if get(key, _ABSENT) != (value if type(value) in plain else conv(value)):
+        # Strings are stored as they are unless SQLite cannot hold them (escaped then).
+        if get(key, _ABSENT) != (value if type(value) in plain else conv(value)) and (
+            type(value) is not str or get(key, _ABSENT) != storable_text(value)
+        ):
             return False
     return fields == len(stored)
 
@@ -132,11 +136,13 @@ def decide(stored: StoredState | None, change: Change) -> Outcome:
 
 @dataclass
 class BatchResult:
-    """Outcome of every change of a batch, in input order, and totals."""
+    """Outcome of every change of a batch, in input order, and totals. A change that could
+    not be stored is INVALID, with its reason in `reasons` (by index)."""
 
     outcomes: list[Outcome]
     counts: Counter[str] = field(default_factory=Counter)
     applied_by_source: Counter[str] = field(default_factory=Counter)
+    reasons: dict[int, str] = field(default_factory=dict)
 
     @property
     def written(self) -> int:
@@ -214,13 +220,111 @@ def plan_batch(changes: Sequence[Change], stored: Mapping[tuple[str, RecordId], 
     return BatchPlan(outcomes, writes, confirms)
 
 
+#: SQLite errors a record's own content causes (as opposed to the disk, a lock, corruption).
+_RECORD_SQLITE_ERRORS = ("too many columns", "duplicate column", "too many sql variables", "too big")
+
+
+def _record_fault(exc: Exception) -> bool:
+    """Whether `exc` is the fault of the records being written, so leaving the culprit out
+    lets the rest through. Anything else (disk full, I/O error, a locked or corrupt file)
+    fails the whole batch, to be tried again: those are no record's fault."""
+    if isinstance(
+        exc, ColumnLimitError | RecordError | OverflowError | UnicodeError | TypeError | ValueError
+    ):
+        return True
+    if isinstance(exc, sqlite3.InterfaceError | sqlite3.DataError | sqlite3.IntegrityError):
+        return True
+    if isinstance(exc, sqlite3.ProgrammingError):
+        return "binding" in str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError):
+        message = str(exc).lower()
+        return any(m in message for m in _RECORD_SQLITE_ERRORS)
+    return False
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, StoreError):
+        return f"cannot be stored: {exc}"
+    return f"cannot be stored: {type(exc).__name__}: {exc}"
+
+
 def apply_batch(store: Store, changes: Sequence[Change], *, listed: int | None = None) -> BatchResult:
     """Decide a batch against the stored versions and write the winners. Runs on the writer
     thread; call it inside `store.db.atomic()` to make it one transaction with other writes
-    (the poller's cursor); on its own it opens its own transaction."""
+    (the poller's cursor); on its own it opens its own transaction.
+
+    A record that cannot be stored costs only itself: the batch's writes are rolled back to
+    a savepoint and the batch is split in halves until the records at fault stand alone;
+    they come back INVALID with a reason (the caller dead-letters them), everything else is
+    applied as if they had not been there. A failure no record causes (disk full) is raised.
+    """
     if not store.conn.in_transaction:
+        # A transaction of its own needs no savepoint to undo a failed first attempt (a
+        # savepoint copies every page it changes to a sub-journal): roll it all back, and
+        # isolate the culprits in a new one.
+        try:
+            with store.db.atomic():
+                return _apply(store, changes, listed)
+        except Exception as exc:
+            if not _record_fault(exc):
+                raise
+            store.forget_schema()
         with store.db.atomic():
             return apply_batch(store, changes, listed=listed)
+    try:
+        with store.db.atomic():
+            return _apply(store, changes, listed)
+    except Exception as exc:
+        if not _record_fault(exc):
+            raise
+        store.forget_schema()
+        if len(changes) == 1:
+            return _rejected(changes[0], exc)
+    result = BatchResult([Outcome.STALE] * len(changes))
+    half = len(changes) // 2
+    _isolate(store, changes, list(range(half)), listed, result)
+    _isolate(store, changes, list(range(half, len(changes))), listed, result)
+    return result
+
+
+def _rejected(change: Change, exc: Exception) -> BatchResult:
+    reason = _reason(exc)
+    log.warning("%s %r: %s; kept as a dead letter", change.resource, change.id, reason)
+    return BatchResult([Outcome.INVALID], Counter({Outcome.INVALID.value: 1}), reasons={0: reason})
+
+
+def _isolate(
+    store: Store, changes: Sequence[Change], indexes: list[int], listed: int | None, into: BatchResult
+) -> None:
+    """Apply `changes[i] for i in indexes` in a savepoint; on a record's fault, halve and
+    recurse. Each part is decided against what the parts before it wrote, so a record's
+    copies split across parts still leave the greatest of them (minus the rejected ones)."""
+    if not indexes:
+        return
+    part = [changes[i] for i in indexes]
+    try:
+        with store.db.atomic():
+            result = _apply(store, part, listed)
+    except Exception as exc:
+        if not _record_fault(exc):
+            raise
+        store.forget_schema()
+        if len(indexes) == 1:
+            result = _rejected(part[0], exc)
+        else:
+            half = len(indexes) // 2
+            _isolate(store, changes, indexes[:half], listed, into)
+            _isolate(store, changes, indexes[half:], listed, into)
+            return
+    for j, i in enumerate(indexes):
+        into.outcomes[i] = result.outcomes[j]
+        if j in result.reasons:
+            into.reasons[i] = result.reasons[j]
+    into.counts.update(result.counts)
+    into.applied_by_source.update(result.applied_by_source)
+
+
+def _apply(store: Store, changes: Sequence[Change], listed: int | None) -> BatchResult:
     by_resource: dict[str, list[Change]] = {}
     for change in changes:
         group = by_resource.get(change.resource)

@@ -41,6 +41,8 @@ KNOWN_EVENTS = frozenset(
     }
 )
 TEST_EVENT = "webhook.test"
+#: SQLite's integers are 64-bit: an id or version beyond that could not be stored or compared.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +92,18 @@ _DECIMAL_ID_RE = re.compile(r"[0-9]+")
 def _check_id(value: object, resource: str) -> RecordId:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise RecordError(f"id must be an integer or a string, got {value!r}", resource=resource)
-    if isinstance(value, str) and not value:
-        raise RecordError("id must not be empty", resource=resource)
+    if isinstance(value, str):
+        if not value:
+            raise RecordError("id must not be empty", resource=resource)
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise RecordError(
+                    f"id {value!r} is not valid Unicode (lone surrogate)", resource=resource
+                ) from None
+    elif not _INT64_MIN <= value <= _INT64_MAX:
+        raise RecordError(f"id {value} is outside the 64-bit integer range", resource=resource)
     return normalize_id(resource, value)
 
 
@@ -123,6 +135,11 @@ def parse_record(resource: str, obj: object, source: Source) -> Change:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise RecordError(
             f"record {record_id!r}: version must be an integer >= 1, got {version!r}",
+            resource=resource,
+        )
+    if version > _INT64_MAX:
+        raise RecordError(
+            f"record {record_id!r}: version {version} is outside the 64-bit integer range",
             resource=resource,
         )
     updated_at = obj.get("updatedAt")

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import sqlite_utils
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIRROR_RESOURCES = ("orders", "customers", "inventory")
 BOOKKEEPING_COLUMNS = (
     "_version",
@@ -21,7 +21,8 @@ BOOKKEEPING_COLUMNS = (
     "_deleted_at",
     "_listed",
 )
-#: Record fields with these names cannot be mirrored: the columns hold bookkeeping.
+#: Columns that hold bookkeeping; a record field of the same name is kept under a mapped
+#: column name (see `column_for`).
 RESERVED_FIELDS = frozenset(BOOKKEEPING_COLUMNS)
 #: Contract fields, so the tables exist with sensible column order before the first record.
 CONTRACT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -44,11 +45,52 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def fold(name: str) -> bytes:
+    """A column name as SQLite compares it: ASCII letters case-insensitively, everything else
+    byte for byte (lone surrogates kept, so every field name has a fold)."""
+    return name.encode("utf-8", "surrogatepass").lower()
+
+
+def _storable_name(name: str) -> bool:
+    if "\x00" in name:
+        return False
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def column_for(field: str, taken: set[bytes]) -> str:
+    """The column a field not mapped before gets, given the folds of the table's columns.
+
+    A field keeps its own name unless SQLite could not tell it from a column the table
+    already has (case-insensitive: `Total` after `total`, `ID` after `id`, `_version` after
+    the bookkeeping column) or could not hold it (a NUL, a lone surrogate). Then its name,
+    with NULs written `\\x00` and lone surrogates `\\udXXX`, gets the suffix `~2`, or `~3`
+    and up when that is taken too. First seen keeps its name, so the mapping depends only on
+    the order fields arrive in, and `_fields` keeps it for good."""
+    if fold(field) not in taken and _storable_name(field):
+        return field
+    base = field.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
+    n = 2
+    while fold(f"{base}~{n}") in taken:
+        n += 1
+    return f"{base}~{n}"
+
+
+def field_key(field: str) -> str:
+    """How `_fields` stores a field name: a JSON string, which holds NULs and lone
+    surrogates that SQLite's text cannot."""
+    return json.dumps(field)
+
+
 #: Values SQLite stores as they are; checked by exact type first because this runs for every
-#: field of every record applied.
-PLAIN_TYPES = frozenset({str, float, type(None)})
+#: field of every record applied. Floats are not among them: SQLite turns NaN into NULL.
+PLAIN_TYPES = frozenset({str, type(None)})
 _INT_MIN, _INT_MAX = -(2**63), 2**63
 _JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+_JSON_ASCII = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 
 def to_json_text(value: Any) -> str:
@@ -60,7 +102,36 @@ def to_json_text(value: Any) -> str:
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:
-        return _JSON.encode(value)
+        text = _JSON.encode(value)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate: SQLite's UTF-8 cannot hold it, its JSON escape can.
+        return _JSON_ASCII.encode(value)
+    return text
+
+
+def escape_text(value: str) -> str:
+    """A string SQLite's UTF-8 cannot hold (a lone surrogate) is stored as its JSON string
+    literal, quotes included."""
+    return json.dumps(value)
+
+
+def storable_text(value: str) -> str:
+    """`value`, or its escape when it holds a lone surrogate. Only for strings that failed
+    or may fail to bind: the apply path binds strings as they are and comes here on error."""
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return escape_text(value)
+    return value
+
+
+def to_stored_value(value: Any) -> Any:
+    """`to_column_value`, strings included: what the store holds for any top-level value."""
+    return storable_text(value) if type(value) is str else to_column_value(value)
 
 
 def to_column_value(value: Any) -> Any:
@@ -69,6 +140,8 @@ def to_column_value(value: Any) -> Any:
     if kind is int:
         # Beyond 64 bits SQLite cannot hold an integer; keep its digits as text.
         return value if _INT_MIN <= value < _INT_MAX else str(value)
+    if kind is float:
+        return value if value == value else "NaN"
     if kind in PLAIN_TYPES:
         return value
     if kind is list or kind is dict:
@@ -77,7 +150,9 @@ def to_column_value(value: Any) -> Any:
         return int(value)
     if isinstance(value, int):
         return int(value) if _INT_MIN <= value < _INT_MAX else str(value)
-    if isinstance(value, str | float):
+    if isinstance(value, float):
+        return float(value) if value == value else "NaN"
+    if isinstance(value, str):
         return value
     return to_json_text(value)
 
@@ -152,10 +227,31 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
         )
 
 
+def _migrate_5(db: sqlite_utils.Database) -> None:
+    # Field -> column mapping (see `column_for`): fields SQLite cannot tell apart or hold
+    # get columns of their own, and readers map columns back to fields. Existing columns
+    # are their fields. Dead letters from listings keep the record with its resource.
+    db.execute(
+        "CREATE TABLE _fields (resource TEXT NOT NULL, field TEXT NOT NULL, col TEXT NOT NULL,"
+        " PRIMARY KEY (resource, field), UNIQUE (resource, col))"
+    )
+    for resource in MIRROR_RESOURCES:
+        for row in db.execute(f"PRAGMA table_info({quote(resource)})").fetchall():
+            if row[1] not in RESERVED_FIELDS:
+                db.execute(
+                    "INSERT INTO _fields (resource, field, col) VALUES (?, ?, ?)",
+                    (resource, field_key(row[1]), row[1]),
+                )
+    db.execute("ALTER TABLE _dead_letters ADD COLUMN resource TEXT")
+    db.execute("ALTER TABLE _dead_letters ADD COLUMN record_id TEXT")
+    db.execute("ALTER TABLE _dead_letters ADD COLUMN source TEXT")
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
     _migrate_2,
     _migrate_3,
     _migrate_4,
+    _migrate_5,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -16,11 +16,12 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from syncd.config import Config
 from syncd.errors import StoreError
 from syncd.poller import META_RELIST_HELD, cursor_problem
-from syncd.store import MIRROR_RESOURCES, Store
+from syncd.store import MIRROR_RESOURCES, OPEN_DEAD_LETTER_SQL, Store, dead_letter_counts
 from syncd.timefmt import format_epoch as utc_iso
 from syncd.timefmt import try_epoch
 
@@ -80,6 +81,10 @@ _RESOURCE_SCHEMA: dict[str, Any] = {
         "tombstoned": {**_COUNT, "description": "records a full listing no longer returned"},
     },
 }
+
+#: Open dead letters listed by `syncd status`; the counts cover all of them.
+LATEST_DEAD_LETTERS = 10
+
 
 STATUS_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -145,8 +150,31 @@ STATUS_SCHEMA: dict[str, Any] = {
         "dead_letters": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["total", "unreplayed"],
-            "properties": {"total": _COUNT, "unreplayed": _COUNT},
+            "required": ["total", "open", "latest"],
+            "properties": {
+                "total": _COUNT,
+                "open": {
+                    **_COUNT,
+                    "description": "never replayed, or replayed and still invalid: what `replay --all` re-drives",
+                },
+                "latest": {
+                    "type": "array",
+                    "description": f"the {LATEST_DEAD_LETTERS} most recent open dead letters",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["id", "source", "resource", "record_id", "event_id", "reason"],
+                        "properties": {
+                            "id": _COUNT,
+                            "source": {"type": ["string", "null"]},
+                            "resource": {"type": ["string", "null"]},
+                            "record_id": {"type": ["string", "null"]},
+                            "event_id": {"type": ["string", "null"]},
+                            "reason": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+            },
         },
         "fallback_switches": {**_COUNT, "description": "switches between push and fallback, ever"},
     },
@@ -223,9 +251,15 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
             " UNION ALL SELECT MAX(received_at) FROM _inbox)"
         ).fetchone()[0]
         (inbox_depth,) = conn.execute("SELECT COUNT(*) FROM _inbox").fetchone()
-        dead_total, dead_open = conn.execute(
-            "SELECT COUNT(*), COUNT(*) - COUNT(replayed_at) FROM _dead_letters"
-        ).fetchone()
+        dead_total, dead_open = dead_letter_counts(conn)
+        latest = [
+            dict(zip(("id", "source", "resource", "record_id", "event_id", "reason"), row, strict=True))
+            for row in conn.execute(
+                "SELECT id, COALESCE(source, 'webhook'), resource, record_id, event_id, reason"
+                f" FROM _dead_letters WHERE {OPEN_DEAD_LETTER_SQL} ORDER BY id DESC LIMIT ?",
+                (LATEST_DEAD_LETTERS,),
+            )
+        ]
         resources = _resources(conn, names, now, meta, cfg.poll.max_clock_skew)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read store {cfg.store.path}: {exc}") from None
@@ -254,13 +288,22 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
         "last_webhook_at": _iso(last_webhook),
         "events": events,
         "inbox_depth": int(inbox_depth),
-        "dead_letters": {"total": int(dead_total), "unreplayed": int(dead_open)},
+        "dead_letters": {"total": dead_total, "open": dead_open, "latest": latest},
         "fallback_switches": int(meta.get(META_MODE_SWITCHES, "0")),
     }
 
 
 def _show(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _plain(value: Any) -> Text:
+    """A value that came from a record, shown as it is: never read as rich markup, and
+    characters a terminal would act on written as escapes."""
+    shown = _show(value)
+    if not shown.isprintable():
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    return Text(shown)
 
 
 def render_status(report: dict[str, Any], console: Console) -> None:
@@ -279,8 +322,18 @@ def render_status(report: dict[str, Any], console: Console) -> None:
     overview.add_row("last webhook", _show(report["last_webhook_at"]))
     overview.add_row("inbox depth", str(report["inbox_depth"]))
     dead = report["dead_letters"]
-    overview.add_row("dead letters", f"{dead['total']} ({dead['unreplayed']} not replayed)")
+    overview.add_row("dead letters", f"{dead['total']} ({dead['open']} open)")
     console.print(overview)
+    if dead["latest"]:
+        letters = Table(title="open dead letters (latest first; `syncd replay --all` re-drives them)")
+        for column in ("id", "source", "resource", "record", "event", "reason"):
+            letters.add_column(column)
+        for d in dead["latest"]:
+            letters.add_row(
+                str(d["id"]),
+                *(_plain(d[key]) for key in ("source", "resource", "record_id", "event_id", "reason")),
+            )
+        console.print(letters)
 
     table = Table(title="resources")
     for column in (

@@ -14,6 +14,7 @@ WAL lets them read while the writer writes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple
 
 import sqlite_utils
 
-from syncd.errors import StoreError
+from syncd.errors import ColumnLimitError, StoreError
 from syncd.records import AUTHORITY
 
 # The schema and the writer thread live in their own modules; their names stay importable
@@ -35,9 +36,11 @@ from syncd.schema import MIRROR_RESOURCES as MIRROR_RESOURCES
 from syncd.schema import PLAIN_TYPES as PLAIN_TYPES
 from syncd.schema import RESERVED_FIELDS as RESERVED_FIELDS
 from syncd.schema import SCHEMA_VERSION as SCHEMA_VERSION
+from syncd.schema import column_for, field_key, fold, storable_text
 from syncd.schema import quote as quote
 from syncd.schema import to_column_value as to_column_value
 from syncd.schema import to_json_text as to_json_text
+from syncd.schema import to_stored_value as to_stored_value
 from syncd.timefmt import format_epoch, to_epoch, try_epoch
 from syncd.writer import Writer as Writer
 
@@ -109,6 +112,8 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._columns: dict[str, set[str]] = {}
+        #: Per resource, field -> column (see `syncd.schema.column_for`), from `_fields`.
+        self._fields: dict[str, dict[str, str]] = {}
         self._upserts: dict[str, tuple[tuple[str, ...], str]] = {}
         self._schema_cookie = self._read_schema_cookie()
 
@@ -145,9 +150,14 @@ class Store:
         column that does not exist."""
         cookie = self._read_schema_cookie()
         if cookie != self._schema_cookie:
-            self._columns.clear()
-            self._upserts.clear()
+            self.forget_schema()
             self._schema_cookie = cookie
+
+    def forget_schema(self) -> None:
+        """Drop cached columns, field mappings and statements (after a rollback)."""
+        self._columns.clear()
+        self._fields.clear()
+        self._upserts.clear()
 
     def columns(self, resource: str) -> set[str]:
         cols = self._columns.get(resource)
@@ -158,29 +168,58 @@ class Store:
             self._columns[resource] = cols
         return cols
 
+    def field_columns(self, resource: str) -> dict[str, str]:
+        """Field -> column of every field the resource's table has a column for."""
+        mapping = self._fields.get(resource)
+        if mapping is None:
+            mapping = {
+                json.loads(key): col
+                for key, col in self.conn.execute(
+                    "SELECT field, col FROM _fields WHERE resource=?", (resource,)
+                )
+            }
+            self._fields[resource] = mapping
+        return mapping
+
     def ensure_columns(self, resource: str, fields: Iterable[str]) -> None:
-        """New fields in API records add columns; they never fail a sync."""
+        """New fields in API records add columns; they never fail a sync. A record whose new
+        fields would take the table past SQLite's column limit raises ColumnLimitError (the
+        reconciler makes it a dead letter, and the batch goes on without it)."""
         self._check_schema()
         cols = self.columns(resource)
-        added = False
-        for name in fields:
-            if name not in cols:
-                self.conn.execute(f"ALTER TABLE {quote(resource)} ADD COLUMN {quote(name)}")
-                cols.add(name)
-                added = True
-        if added:
-            self._upserts.pop(resource, None)
-            self._schema_cookie = self._read_schema_cookie()
+        mapping = self.field_columns(resource)
+        new = [name for name in dict.fromkeys(fields) if name not in mapping]
+        if not new:
+            return
+        limit = self.conn.getlimit(sqlite3.SQLITE_LIMIT_COLUMN)
+        if len(cols) + len(new) > limit:
+            raise ColumnLimitError(resource, len(cols) + len(new), limit)
+        taken = {fold(c) for c in cols}
+        for name in new:
+            col = column_for(name, taken)
+            self.conn.execute(f"ALTER TABLE {quote(resource)} ADD COLUMN {quote(col)}")
+            self.conn.execute(
+                "INSERT INTO _fields (resource, field, col) VALUES (?, ?, ?)",
+                (resource, field_key(name), col),
+            )
+            cols.add(col)
+            taken.add(fold(col))
+            mapping[name] = col
+        self._upserts.pop(resource, None)
+        self._schema_cookie = self._read_schema_cookie()
 
     def _upsert(self, resource: str) -> tuple[tuple[str, ...], str]:
-        """Field columns and the upsert statement for the table's current columns; built once
-        per column set so sqlite3's statement cache reuses the prepared statement."""
+        """The fields in column order and the upsert statement for the table's current
+        columns; built once per column set so sqlite3's statement cache reuses the prepared
+        statement."""
         cached = self._upserts.get(resource)
         if cached is not None:
             return cached
         # Every field column is written, so a field the record no longer has becomes NULL
         # instead of keeping an old value; the relist mark is kept (see tombstone_unlisted).
         names = ("id", *sorted(c for c in self.columns(resource) if c != "id" and c not in RESERVED_FIELDS))
+        by_column = {col: name for name, col in self.field_columns(resource).items()}
+        fields = tuple(by_column.get(n, n) for n in names)
         col_sql = ", ".join(quote(n) for n in names)
         marks = ",".join("?" * (len(names) + 6))
         updates = ", ".join(f"{quote(n)}=excluded.{quote(n)}" for n in names[1:])
@@ -191,8 +230,8 @@ class Store:
             " _synced_at=excluded._synced_at, _deleted=0, _deleted_at=NULL,"
             " _listed=MAX(_listed, excluded._listed)"
         )
-        self._upserts[resource] = (names, sql)
-        return names, sql
+        self._upserts[resource] = (fields, sql)
+        return fields, sql
 
     # -- mirror -------------------------------------------------------------------------
 
@@ -211,10 +250,11 @@ class Store:
         return out
 
     def mirror_contents(self, resource: str, ids: Sequence[Any]) -> dict[Any, dict[str, Any]]:
-        """Field values of stored records (NULLs dropped), keyed by id."""
+        """Field values of stored records (NULLs dropped) by field name, keyed by id."""
         self._check_schema()
         names = self._upsert(resource)[0]
-        col_sql = ", ".join(quote(n) for n in names)
+        mapping = self.field_columns(resource)
+        col_sql = ", ".join(quote(mapping.get(n, n)) for n in names)
         out: dict[Any, dict[str, Any]] = {}
         for chunk in _chunks(ids, 900):
             marks = ",".join("?" * len(chunk))
@@ -238,11 +278,11 @@ class Store:
         if not records:
             return
         self._check_schema()
-        cols = self.columns(resource)
+        known = self.field_columns(resource).keys()
         fields: set[str] = set()
         for data, _, _ in records:
             fields.update(data)
-        if not fields <= cols:
+        if not fields <= known:
             # Keep the order fields first appear in, so new columns read like the records.
             seen: dict[str, None] = {}
             for data, _, _ in records:
@@ -258,7 +298,15 @@ class Store:
             row = [v if type(v) in plain else conv(v) for v in map(data.get, names)]
             row += (version, source, authority.get(source, 0), synced_at, 0, listed_value)
             rows.append(row)
-        self.conn.executemany(sql, rows)
+        try:
+            self.conn.executemany(sql, rows)
+        except UnicodeEncodeError:
+            # A string with a lone surrogate: rare, so strings are bound as they are and
+            # escaped only when binding fails. The upsert makes writing the rows before it
+            # again harmless.
+            for row in rows:
+                row[:] = [storable_text(v) if type(v) is str else v for v in row]
+            self.conn.executemany(sql, rows)
 
     def raise_authority(self, resource: str, rows: Sequence[tuple[int, Any]]) -> None:
         """Record that a more authoritative source confirmed the stored state:
@@ -382,10 +430,26 @@ class Store:
         received_at: float,
         reason: str,
         body: bytes,
+        *,
+        resource: str | None = None,
+        record_id: str | None = None,
+        source: str = "webhook",
     ) -> None:
+        """Keep what could not be applied, with why. `body` is the webhook body, or for a
+        record from a listing (`source="poll"`) the record as JSON."""
         self.conn.execute(
-            "INSERT INTO _dead_letters (event_id, event_type, received_at, reason, body) VALUES (?, ?, ?, ?, ?)",
-            (event_id, event_type, received_at, reason, body),
+            "INSERT INTO _dead_letters (event_id, event_type, received_at, reason, body, resource,"
+            " record_id, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event_id,
+                _text(event_type),
+                received_at,
+                _text(reason),
+                body,
+                resource,
+                _text(record_id),
+                source,
+            ),
         )
 
     def add_audit(self, rows: Sequence[tuple[float, str, str, str, int, str, str | None, int]]) -> None:
@@ -432,6 +496,27 @@ class Store:
                 f" ({SCHEMA_VERSION}); upgrade syncd"
             )
         return conn
+
+
+#: The one definition of an open dead letter, shared by `syncd status` and `syncd replay
+#: --all`: never replayed, or replayed and still invalid. A replay whose fetch failed leaves
+#: the letter as it was; one that applied it (or found it stale, a duplicate, gone) closes it.
+OPEN_DEAD_LETTER_SQL = "(replay_outcome IS NULL OR replay_outcome = 'invalid')"
+
+
+def dead_letter_counts(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(all dead letters, open ones); works on a reader connection."""
+    total, still_open = conn.execute(
+        f"SELECT COUNT(*), COALESCE(SUM({OPEN_DEAD_LETTER_SQL}), 0) FROM _dead_letters"
+    ).fetchone()
+    return int(total), int(still_open)
+
+
+def _text(value: str | None) -> str | None:
+    """Text SQLite's UTF-8 can hold: lone surrogates written as backslash escapes."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode()
 
 
 #: Rows per multi-row INSERT at most.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -45,7 +46,7 @@ from syncd.records import (
     parse_envelope,
     parse_record,
 )
-from syncd.store import Store, Writer
+from syncd.store import OPEN_DEAD_LETTER_SQL, Store, Writer
 
 log = logging.getLogger("syncd.worker")
 
@@ -71,13 +72,15 @@ class RecordFetcher(Protocol):
 
 @dataclass(slots=True)
 class Pending:
-    """An event read back from `_inbox` (seq set) or `_dead_letters` (dead_letter_id set)."""
+    """An event read back from `_inbox` (seq set) or `_dead_letters` (dead_letter_id set).
+    A dead letter from a listing has `resource` set and holds the record, not an event."""
 
     event_id: str | None
     received_at: float
     body: bytes
     seq: int | None = None
     dead_letter_id: int | None = None
+    resource: str | None = None
 
 
 @dataclass(slots=True)
@@ -180,6 +183,8 @@ class EventProcessor:
             self._metrics.thin_fetches_saved.inc(n)
 
     def _parse(self, item: Pending) -> Settled:
+        if item.resource is not None:
+            return self._parse_record_letter(item)
         event_type: str | None = None
         try:
             parsed = parsed_bodies.take(item.body)
@@ -191,7 +196,9 @@ class EventProcessor:
         except Exception as exc:  # a payload must never stop the worker; keep it for inspection
             return Settled(item, event_type, outcome=INVALID, reason=f"{type(exc).__name__}: {exc}")
         if meaning is None:
-            return Settled(item, env.event_type, outcome=TEST if env.event_type == TEST_EVENT else IGNORED)
+            # The type is stored with the outcome; SQLite's text cannot hold a lone surrogate.
+            shown = env.event_type.encode("utf-8", "backslashreplace").decode()
+            return Settled(item, shown, outcome=TEST if env.event_type == TEST_EVENT else IGNORED)
         if isinstance(meaning, Change):
             return Settled(
                 item, env.event_type, change=meaning, resource=meaning.resource, record_id=str(meaning.id)
@@ -203,6 +210,33 @@ class EventProcessor:
             # The safety poll will bring the record; nothing here can.
             settled.outcome = UNFETCHED
         return settled
+
+    @staticmethod
+    def _parse_record_letter(item: Pending) -> Settled:
+        """A record a listing returned that could not be stored. Replay applies the record
+        as it was listed rather than fetching it again: the reconciler keeps the greatest
+        state it is shown, so an old state is simply stale if the mirror has moved on, and
+        the listing that follows any later change brings that change anyway. Re-applying
+        needs no API and replays exactly what was refused."""
+        resource = item.resource
+        assert resource is not None
+        try:
+            obj = json.loads(item.body)
+        except ValueError as exc:
+            return Settled(item, None, outcome=INVALID, reason=f"not a JSON record: {exc}", resource=resource)
+        try:
+            change = parse_record(resource, obj, "poll")
+        except RecordError as exc:
+            rid = obj.get("id") if isinstance(obj, dict) else None
+            return Settled(
+                item,
+                None,
+                outcome=INVALID,
+                reason=exc.reason,
+                resource=resource,
+                record_id=None if rid is None else str(rid),
+            )
+        return Settled(item, None, change=change, resource=resource, record_id=str(change.id))
 
     async def _fetch_group(self, key: tuple[str, RecordId], group: list[Settled]) -> None:
         latest = max(s.item.received_at for s in group)
@@ -296,20 +330,31 @@ def settle(store: Store, settled: Sequence[Settled], now: float) -> list[str]:
         changes = [s for s in done if s.change is not None]
         if changes:
             result = apply_batch(store, [s.change for s in changes if s.change is not None])
-            for s, outcome in zip(changes, result.outcomes, strict=True):
+            for i, (s, outcome) in enumerate(zip(changes, result.outcomes, strict=True)):
                 s.outcome = outcome.value
+                if i in result.reasons:
+                    s.reason = result.reasons[i]
         event_rows: list[tuple[Any, ...]] = []
         for s in done:
             item = s.item
             version = s.change.version if s.change is not None else s.version
             if s.outcome == INVALID and item.dead_letter_id is None:
                 store.add_dead_letter(
-                    item.event_id, s.event_type, item.received_at, s.reason or "", item.body
+                    item.event_id,
+                    s.event_type,
+                    item.received_at,
+                    s.reason or "",
+                    item.body,
+                    resource=s.resource,
+                    record_id=s.record_id,
                 )
             if item.dead_letter_id is not None:
+                # A replay still invalid says why now: a newer syncd may refuse it for
+                # another reason than the one that first made it a dead letter.
                 store.conn.execute(
-                    "UPDATE _dead_letters SET replayed_at=?, replay_outcome=? WHERE id=?",
-                    (now, s.outcome, item.dead_letter_id),
+                    "UPDATE _dead_letters SET replayed_at=?, replay_outcome=?,"
+                    " reason=COALESCE(?, reason) WHERE id=?",
+                    (now, s.outcome, s.reason if s.outcome == INVALID else None, item.dead_letter_id),
                 )
             if item.event_id is not None:
                 event_rows.append(
@@ -463,20 +508,25 @@ class InboxWorker:
 
 
 def load_dead_letters(store: Store, ids: Sequence[int] | None) -> list[Pending]:
-    """Dead letters to replay: the given ids, or every one not yet replayed successfully."""
+    """Dead letters to replay: the given ids, or every open one (the definition `syncd
+    status` counts by, see OPEN_DEAD_LETTER_SQL)."""
+    head = "SELECT id, event_id, received_at, body, source, resource FROM _dead_letters"
     if ids:
         marks = ",".join("?" * len(ids))
-        sql = f"SELECT id, event_id, received_at, body FROM _dead_letters WHERE id IN ({marks}) ORDER BY id"
+        sql = f"{head} WHERE id IN ({marks}) ORDER BY id"
         params: Sequence[Any] = list(ids)
     else:
-        sql = (
-            "SELECT id, event_id, received_at, body FROM _dead_letters"
-            " WHERE replay_outcome IS NULL OR replay_outcome = 'invalid' ORDER BY id"
-        )
+        sql = f"{head} WHERE {OPEN_DEAD_LETTER_SQL} ORDER BY id"
         params = ()
     return [
-        Pending(event_id, received_at, bytes(body), dead_letter_id=dl_id)
-        for dl_id, event_id, received_at, body in store.conn.execute(sql, params)
+        Pending(
+            event_id,
+            received_at,
+            bytes(body),
+            dead_letter_id=dl_id,
+            resource=resource if source == "poll" else None,
+        )
+        for dl_id, event_id, received_at, body, source, resource in store.conn.execute(sql, params)
     ]
 
 
@@ -486,6 +536,8 @@ class ReplayResult:
     event_id: str | None
     outcome: str
     reason: str | None
+    resource: str | None = None
+    record_id: str | None = None
 
 
 async def replay_dead_letters(
@@ -504,6 +556,6 @@ async def replay_dead_letters(
     settled = await EventProcessor(client, fetch_thin=fetch_thin).prepare(letters)
     outcomes = await writer.run(settle, settled, clock())
     return [
-        ReplayResult(s.item.dead_letter_id or 0, s.item.event_id, outcome, s.reason)
+        ReplayResult(s.item.dead_letter_id or 0, s.item.event_id, outcome, s.reason, s.resource, s.record_id)
         for s, outcome in zip(settled, outcomes, strict=True)
     ]

@@ -94,10 +94,40 @@ def test_parse_record_rejects_what_the_reconciler_cannot_order(record: Any, reas
     assert str(info.value).startswith("orders: ")
 
 
-@given(version=st.integers(min_value=1, max_value=2**62), rid=st.integers() | st.text(min_size=1))
+_INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_UNICODE_TEXT = st.text(st.characters(exclude_categories=("Cs",)), min_size=1)
+
+
+@given(version=st.integers(min_value=1, max_value=2**63 - 1), rid=_INT64 | _UNICODE_TEXT)
 def test_parse_record_round_trips_any_valid_id_and_version(version: int, rid: int | str) -> None:
     change = parse_record("inventory", {**ORDER, "id": rid, "version": version}, "webhook")
     assert (change.id, change.version) == (rid, version)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("id", 2**63, "id 9223372036854775808 is outside the 64-bit integer range"),
+        ("id", -(2**63) - 1, "is outside the 64-bit integer range"),
+        ("id", "a\ud800", "is not valid Unicode (lone surrogate)"),
+        ("id", 1e400, "id must be an integer or a string, got inf"),
+        ("version", 2**63, "version 9223372036854775808 is outside the 64-bit integer range"),
+        ("version", 2**200, "is outside the 64-bit integer range"),
+        ("version", float("nan"), "version must be an integer >= 1, got nan"),
+    ],
+)
+def test_ids_and_versions_sqlite_cannot_hold_are_record_errors(
+    field: str, value: object, reason: str
+) -> None:
+    with pytest.raises(RecordError) as info:
+        parse_record("orders", {**ORDER, field: value}, "poll")
+    assert reason in info.value.reason
+
+
+def test_ids_and_versions_at_the_64_bit_bound_are_records() -> None:
+    change = parse_record("orders", {**ORDER, "id": 2**63 - 1, "version": 2**63 - 1}, "poll")
+    assert (change.id, change.version) == (2**63 - 1, 2**63 - 1)
+    assert parse_record("orders", {**ORDER, "id": -(2**63)}, "poll").id == -(2**63)
 
 
 # -- parse_envelope --------------------------------------------------------------------------

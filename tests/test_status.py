@@ -68,7 +68,9 @@ def populate(store: Store) -> None:
         )
         store.add_dead_letter("evt_5", "order.created", NOW - 60, "missing version", b"{}")
         store.add_dead_letter("evt_6", "order.created", NOW - 60, "missing version", b"{}")
-        store.conn.execute("UPDATE _dead_letters SET replayed_at=? WHERE event_id='evt_6'", (NOW,))
+        store.conn.execute(
+            "UPDATE _dead_letters SET replayed_at=?, replay_outcome='applied' WHERE event_id='evt_6'", (NOW,)
+        )
         for key, value in {
             st.META_MODE: "fallback",
             st.META_MODE_REASON: "silence: no webhook for 300s and a poll found 2 change(s)",
@@ -112,7 +114,20 @@ def test_report_from_a_populated_store(tmp_path: Path) -> None:
     assert report["events"] == {"applied": 2, "stale": 1}
     assert report["inbox_depth"] == 1
     assert report["last_webhook_at"] == utc_iso(NOW - 3)
-    assert report["dead_letters"] == {"total": 2, "unreplayed": 1}
+    assert report["dead_letters"] == {
+        "total": 2,
+        "open": 1,
+        "latest": [
+            {
+                "id": 1,
+                "source": "webhook",
+                "resource": None,
+                "record_id": None,
+                "event_id": "evt_5",
+                "reason": "missing version",
+            }
+        ],
+    }
 
 
 def test_report_of_a_fresh_store_and_a_stale_heartbeat(tmp_path: Path) -> None:

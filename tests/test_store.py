@@ -10,7 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncd.errors import StoreClosedError, StoreError
+from syncd.reconcile import apply_batch
+from syncd.records import parse_record
 from syncd.store import (
+    BOOKKEEPING_COLUMNS,
     MIRROR_RESOURCES,
     SCHEMA_VERSION,
     Store,
@@ -107,6 +110,42 @@ def test_unusable_file_is_a_store_error_naming_it(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 200)
     with pytest.raises(StoreError, match=r"garbage\.db"):
         Store(path)
+
+
+def test_migration_to_version_5_maps_the_columns_fields_already_have(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    record = {
+        "id": 1,
+        "status": "placed",
+        "note": "added at runtime",
+        "updatedAt": "2024-01-15T10:30:00.000Z",
+        "version": 3,
+    }
+    old = Store(path, migrate_to=4)
+    with old.db.atomic():
+        old.conn.execute('ALTER TABLE orders ADD COLUMN "note"')
+        old.conn.execute(
+            "INSERT INTO orders (id, status, note, updatedAt, version, _version, _source, _synced_at)"
+            " VALUES (1, 'placed', 'added at runtime', '2024-01-15T10:30:00.000Z', 3, 3, 'poll', ?)",
+            (SYNCED,),
+        )
+    old.close()
+
+    new = Store(path)
+    try:
+        mapping = new.field_columns("orders")
+        assert mapping["note"] == "note"
+        assert mapping["id"] == "id"
+        assert all(field == col for field, col in mapping.items())
+        assert not set(mapping) & set(BOOKKEEPING_COLUMNS)
+        # Stored before the migration, the record is still a duplicate of itself.
+        assert apply_batch(new, [parse_record("orders", record, "poll")]).counts == {"duplicate": 1}
+        # A bookkeeping name arriving now gets a mapped column next to the old ones.
+        apply_batch(new, [parse_record("orders", {**record, "version": 4, "_source": "x"}, "poll")])
+        assert new.field_columns("orders")["_source"] == "_source~2"
+        assert row(new, "orders", 1)["_source"] == "poll"
+    finally:
+        new.close()
 
 
 def test_migration_from_version_1_keeps_the_data(tmp_path: Path) -> None:
@@ -484,5 +523,7 @@ def test_nested_values_become_canonical_json_text(value: Any) -> None:
 
 def test_json_text_of_values_orjson_refuses() -> None:
     assert to_json_text({"b": 2**70, "a": 1}) == '{"a":1,"b":1180591620717411303424}'
-    assert to_json_text(["\ud800"]) == '["\ud800"]'
+    # A lone surrogate cannot be SQLite text: its JSON escape is stored instead.
+    assert to_json_text(["\ud800"]) == '["\\ud800"]'
+    assert to_json_text(["\ud800", 2**70, "é"]) == '["\\ud800",1180591620717411303424,"\\u00e9"]'
     assert to_json_text({"é": [1.5, None, True]}) == '{"é":[1.5,null,true]}'
