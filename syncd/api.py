@@ -31,6 +31,7 @@ import httpx
 import orjson
 import stamina
 
+from syncd import jsonparse
 from syncd.budget import RequestBudget, RequestKind
 from syncd.errors import (
     ApiAuthError,
@@ -92,8 +93,8 @@ class ApiResponse:
 
     def json(self) -> Any:
         try:
-            return orjson.loads(self.content)
-        except orjson.JSONDecodeError:
+            return jsonparse.loads(self.content)
+        except (ValueError, RecursionError):
             raise ApiError(
                 f"HTTP {self.status_code}: response is not JSON", status=self.status_code
             ) from None
@@ -429,9 +430,10 @@ class PetstoreClient:
             params["cursor"] = cursor
         response = await self.request("GET", f"/{resource}", params=params)
         try:
-            # Listing pages are the bulk of a sync; orjson parses them about twice as fast.
-            payload = orjson.loads(response.content)
-        except orjson.JSONDecodeError as exc:
+            # Exactly as the standard parser reads it, so one record with a NaN, a lone
+            # surrogate or a huge integer fails alone (a dead letter), not the whole page.
+            payload = jsonparse.loads(response.content)
+        except (ValueError, RecursionError) as exc:
             raise ApiError(f"GET /{resource}: response is not JSON", status=response.status_code) from exc
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):

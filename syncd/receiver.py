@@ -30,12 +30,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from syncd import jsonparse
 from syncd.admission import RateLimiter, in_networks, json_content_type, resolve_client
 from syncd.audit import AuditLog, AuditRow, RejectionSampler
 from syncd.config import WebhookConfig
@@ -97,25 +97,6 @@ class ReceiverSettings:
     @classmethod
     def build(cls, cfg: WebhookConfig, secrets: Sequence[str]) -> ReceiverSettings:
         return cls(cfg, make_verifier(cfg.scheme, tuple(secrets), tolerance=cfg.tolerance))
-
-
-#: orjson turns integers beyond 64 bits into floats, where the standard parser keeps them
-#: exact; a body with a run of 19 digits is parsed by the standard parser instead. Found by
-#: mapping every digit to "0" and anything else to a space: two C passes, no regex.
-_DIGITS_ONLY = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
-_LONG_RUN = b"0" * 19
-
-
-def _loads(body: bytes) -> Any:
-    """json.loads(body.decode("utf-8")), faster: orjson gives the same object for every body
-    it accepts without a long digit run, and every body it refuses (NaN, lone surrogates,
-    bad UTF-8, depth past 1024) goes to the standard parser, which decides and explains."""
-    if _LONG_RUN not in body.translate(_DIGITS_ONLY):
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(body.decode("utf-8"))
 
 
 class _Reject(Exception):
@@ -328,7 +309,7 @@ class WebhookReceiver:
     @staticmethod
     def _envelope(body: bytes) -> tuple[str, str | None, dict[str, Any] | None]:
         try:
-            obj = _loads(body)
+            obj = jsonparse.loads(body)
         except UnicodeDecodeError:
             raise _Reject(400, "not_utf8") from None
         except RecursionError:
