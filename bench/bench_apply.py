@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from syncd.reconcile import apply_batch
-from syncd.records import Change
-from syncd.store import Store, to_column_value
+from syncd.core.reconcile import apply_batch
+from syncd.core.records import Change
+from syncd.store.db import Store, to_column_value
 
 TARGET = 100_000.0
 BATCH = 1000

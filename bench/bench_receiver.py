@@ -109,12 +109,12 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
     from starlette.routing import Route
 
     from syncd.config import WebhookConfig
-    from syncd.daemon_io import serving_heap
-    from syncd.inbox import Inbox
     from syncd.metrics import Metrics
-    from syncd.receiver import create_receiver_app, uvicorn_config
-    from syncd.store import Store, Writer
-    from syncd.worker import InboxWorker
+    from syncd.push.inbox import Inbox
+    from syncd.push.inbox_worker import InboxWorker
+    from syncd.push.receiver import create_receiver_app, uvicorn_config
+    from syncd.service.listeners import serving_heap
+    from syncd.store.db import Store, Writer
 
     cfg = WebhookConfig.model_validate(
         {"listen": f"127.0.0.1:{port}", "path": PATH, "rate_limit": "10000000/s"}

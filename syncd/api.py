@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from syncd.config import Config
     from syncd.metrics import Metrics
 
-log = logging.getLogger("syncd.api")
+log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -10,7 +10,7 @@ import httpx
 
 from syncd.config import Config, Secrets
 from syncd.sim.server import SimHandle
-from syncd.store import Store
+from syncd.store.db import Store
 
 RESOURCES = ("orders", "customers", "inventory")
 

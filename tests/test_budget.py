@@ -10,8 +10,8 @@ import pytest
 from syncd.api import PetstoreClient
 from syncd.budget import RequestBudget, RequestKind
 from syncd.config import Config, Secrets
-from syncd.daemon import Daemon
 from syncd.metrics import Metrics
+from syncd.service.daemon import Daemon
 from tests.fake_clocks import ManualClock
 
 

@@ -16,11 +16,11 @@ import uvicorn
 from starlette.applications import Starlette
 
 from syncd.config import WebhookConfig
-from syncd.inbox import Inbox
 from syncd.metrics import Metrics
-from syncd.receiver import create_receiver_app, uvicorn_config
+from syncd.push.inbox import Inbox
+from syncd.push.receiver import create_receiver_app, uvicorn_config
 from syncd.signatures import sign
-from syncd.store import Store, Writer
+from syncd.store.db import Store, Writer
 
 SECRET = "s3cret-current"
 PATH = "/webhooks/petstore"

@@ -34,8 +34,8 @@ import httpx
 import pytest
 
 from syncd.config import load_config
+from syncd.ops.status import collect_status
 from syncd.sim.cli import READY_PREFIX
-from syncd.status import collect_status
 
 T = TypeVar("T")
 API_KEY = "e2e-api-key"

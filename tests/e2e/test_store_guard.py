@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from syncd.signatures import sign
-from syncd.store import Store, utc_iso
+from syncd.store.db import Store, utc_iso
 from tests.e2e.conftest import (
     API_KEY,
     START_TIMEOUT,

@@ -1,0 +1,59 @@
+"""Command line: parse, call, print. Exit codes: 0 ok, 1 runtime failure, 2 usage or config error."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from syncd.cli.common import SyncdGroup, config_option, load
+from syncd.config import check_warnings
+
+
+@click.group(cls=SyncdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="syncd")
+def main() -> None:
+    """syncd keeps a local SQLite mirror of the Pet Store API consistent."""
+
+
+@main.command("check-config")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the effective config as JSON.")
+def check_config(config_path: str | None, as_json: bool) -> None:
+    """Validate the config and print it with secrets redacted."""
+    cfg = load(config_path)
+    data = cfg.redacted()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for warning in check_warnings(cfg):
+        click.echo(f"syncd: warning: {warning}", err=True)
+    click.echo(f"# {cfg.source}: OK")
+    for section, values in data.items():
+        click.echo(f"[{section}]")
+        for key, value in values.items():
+            click.echo(f"{key} = {json.dumps(value)}")
+        click.echo()
+
+
+def _register() -> None:
+    """Commands live next to the code they drive; each module lists its click commands."""
+    from syncd.cli import demo, run, sync, webhooks
+    from syncd.sim.cli import simulate
+
+    for cmd in (
+        *sync.commands,
+        *webhooks.commands,
+        *run.commands,
+        *demo.commands,
+        simulate,
+    ):
+        main.add_command(cmd)
+
+
+_register()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""`syncd status`: what the daemon is doing and how far the mirror is, read from the store.
+
+Reads through a read-only SQLite connection (WAL lets it read while the daemon writes), so it
+works while the daemon runs, as another user, and without the API key. The JSON form follows
+`STATUS_SCHEMA` (JSON Schema, draft 2020-12); timestamps are RFC 3339 UTC strings or null,
+durations are seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from syncd.config import Config
+from syncd.errors import StoreError
+from syncd.poll.poller import META_RELIST_HELD, cursor_problem
+from syncd.store.db import MIRROR_RESOURCES, OPEN_DEAD_LETTER_SQL, Store, dead_letter_counts
+from syncd.timefmt import format_epoch as utc_iso
+from syncd.timefmt import try_epoch
+
+#: _meta keys the daemon maintains (see syncd.service.daemon).
+META_MODE = "mode"
+META_MODE_REASON = "mode_reason"
+META_MODE_SINCE = "mode_since"
+META_MODE_SWITCHES = "mode_switches"
+META_DAEMON_PID = "daemon_pid"
+META_DAEMON_STARTED = "daemon_started_at"
+META_HEARTBEAT = "daemon_heartbeat_at"
+#: The daemon refreshes its heartbeat this often; status calls it stale after 3 periods.
+HEARTBEAT_PERIOD = 5.0
+
+_TS = {"type": ["string", "null"], "format": "date-time"}
+_SECONDS = {"type": ["number", "null"], "minimum": 0}
+_COUNT = {"type": "integer", "minimum": 0}
+
+_RESOURCE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "cursor",
+        "lag_seconds",
+        "last_poll_at",
+        "last_success_at",
+        "last_error",
+        "last_error_at",
+        "last_full_relist_at",
+        "last_changes",
+        "live",
+        "tombstoned",
+        "cursor_problem",
+        "relist_held_back",
+    ],
+    "properties": {
+        "cursor": {
+            "type": ["string", "null"],
+            "description": "committed since-cursor (the server's updatedAt); see cursor_problem",
+        },
+        "lag_seconds": {**_SECONDS, "description": "now minus the cursor; null when it cannot be trusted"},
+        "cursor_problem": {
+            "type": ["string", "null"],
+            "description": "why the stored cursor cannot be trusted; the next poll drops it and lists everything",
+        },
+        "relist_held_back": {
+            "type": ["string", "null"],
+            "description": "a full relist that would have tombstoned too much, until resync --allow-mass-delete",
+        },
+        "last_poll_at": _TS,
+        "last_success_at": _TS,
+        "last_error": {"type": ["string", "null"]},
+        "last_error_at": _TS,
+        "last_full_relist_at": _TS,
+        "last_changes": {**_COUNT, "description": "records the last poll wrote"},
+        "live": {**_COUNT, "description": "mirrored records not tombstoned"},
+        "tombstoned": {**_COUNT, "description": "records a full listing no longer returned"},
+    },
+}
+
+#: Open dead letters listed by `syncd status`; the counts cover all of them.
+LATEST_DEAD_LETTERS = 10
+
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "syncd status",
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "generated_at",
+        "store",
+        "configured_mode",
+        "mode",
+        "daemon",
+        "resources",
+        "last_webhook_at",
+        "events",
+        "inbox_depth",
+        "dead_letters",
+        "fallback_switches",
+    ],
+    "properties": {
+        "generated_at": _TS,
+        "store": {"type": "string", "description": "path of the SQLite file"},
+        "configured_mode": {"enum": ["push", "poll"], "description": "sync.mode in the config"},
+        "mode": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["current", "reason", "since"],
+            "properties": {
+                "current": {
+                    "enum": ["push", "fallback", "poll", None],
+                    "description": "null until a daemon has run on this store",
+                },
+                "reason": {"type": ["string", "null"], "description": "why the daemon is in this mode"},
+                "since": _TS,
+            },
+        },
+        "daemon": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["pid", "started_at", "heartbeat_at", "running"],
+            "properties": {
+                "pid": {"type": ["integer", "null"]},
+                "started_at": _TS,
+                "heartbeat_at": _TS,
+                "running": {
+                    "type": "boolean",
+                    "description": "heartbeat fresh and the pid alive on this host",
+                },
+            },
+        },
+        "resources": {
+            "type": "object",
+            "propertyNames": {"enum": list(MIRROR_RESOURCES)},
+            "additionalProperties": _RESOURCE_SCHEMA,
+        },
+        "last_webhook_at": {**_TS, "description": "latest delivery of any webhook event"},
+        "events": {
+            "type": "object",
+            "description": "webhook events by outcome (applied, stale, duplicate, pending, ...)",
+            "additionalProperties": _COUNT,
+        },
+        "inbox_depth": {**_COUNT, "description": "deliveries stored but not yet applied"},
+        "dead_letters": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["total", "open", "latest"],
+            "properties": {
+                "total": _COUNT,
+                "open": {
+                    **_COUNT,
+                    "description": "never replayed, or replayed and still invalid: what `replay --all` re-drives",
+                },
+                "latest": {
+                    "type": "array",
+                    "description": f"the {LATEST_DEAD_LETTERS} most recent open dead letters",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["id", "source", "resource", "record_id", "event_id", "reason"],
+                        "properties": {
+                            "id": _COUNT,
+                            "source": {"type": ["string", "null"]},
+                            "resource": {"type": ["string", "null"]},
+                            "record_id": {"type": ["string", "null"]},
+                            "event_id": {"type": ["string", "null"]},
+                            "reason": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+            },
+        },
+        "fallback_switches": {**_COUNT, "description": "switches between push and fallback, ever"},
+    },
+}
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else utc_iso(ts)
+
+
+def _meta(conn: sqlite3.Connection) -> dict[str, str]:
+    return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM _meta") if v is not None}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _resources(
+    conn: sqlite3.Connection, names: tuple[str, ...], now: float, meta: dict[str, str], max_skew: float
+) -> dict[str, Any]:
+    cursors = {
+        row[0]: row[1:]
+        for row in conn.execute(
+            "SELECT resource, cursor, last_poll_at, last_success_at, last_error, last_error_at,"
+            " last_full_relist_at, last_changes FROM _cursors"
+        )
+    }
+    out: dict[str, Any] = {}
+    for name in names:
+        cursor, last_poll, last_success, last_error, last_error_at, last_relist, changes = cursors.get(
+            name, (None, None, None, None, None, None, 0)
+        )
+        live, tombstoned = conn.execute(
+            f"SELECT COUNT(*) - COALESCE(SUM(_deleted), 0), COALESCE(SUM(_deleted), 0) FROM {name}"
+        ).fetchone()
+        # A cursor an older syncd stored may be no instant, or far in the future: say so
+        # rather than crash or show a lag of 0.
+        problem = cursor_problem(cursor, now, max_skew)
+        cursor_at = None if problem is not None else try_epoch(cursor)
+        out[name] = {
+            "cursor": cursor,
+            "lag_seconds": None if cursor_at is None else round(max(0.0, now - cursor_at), 3),
+            "cursor_problem": problem,
+            "relist_held_back": meta.get(META_RELIST_HELD + name),
+            "last_poll_at": _iso(last_poll),
+            "last_success_at": _iso(last_success),
+            "last_error": last_error,
+            "last_error_at": _iso(last_error_at),
+            "last_full_relist_at": _iso(last_relist),
+            "last_changes": int(changes or 0),
+            "live": int(live),
+            "tombstoned": int(tombstoned),
+        }
+    return out
+
+
+def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
+    """The status report (see STATUS_SCHEMA). Raises StoreError when there is no store."""
+    now = time.time() if now is None else now
+    conn = Store.open_reader(cfg.store.path)
+    try:
+        meta = _meta(conn)
+        names = tuple(r for r in MIRROR_RESOURCES if r in cfg.sync.resources)
+        events = {str(k): int(v) for k, v in conn.execute("SELECT outcome, COUNT(*) FROM _events GROUP BY 1")}
+        last_webhook = conn.execute(
+            "SELECT MAX(t) FROM (SELECT MAX(last_seen) AS t FROM _events"
+            " UNION ALL SELECT MAX(received_at) FROM _inbox)"
+        ).fetchone()[0]
+        (inbox_depth,) = conn.execute("SELECT COUNT(*) FROM _inbox").fetchone()
+        dead_total, dead_open = dead_letter_counts(conn)
+        latest = [
+            dict(zip(("id", "source", "resource", "record_id", "event_id", "reason"), row, strict=True))
+            for row in conn.execute(
+                "SELECT id, COALESCE(source, 'webhook'), resource, record_id, event_id, reason"
+                f" FROM _dead_letters WHERE {OPEN_DEAD_LETTER_SQL} ORDER BY id DESC LIMIT ?",
+                (LATEST_DEAD_LETTERS,),
+            )
+        ]
+        resources = _resources(conn, names, now, meta, cfg.poll.max_clock_skew)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read store {cfg.store.path}: {exc}") from None
+    finally:
+        conn.close()
+    pid = int(meta[META_DAEMON_PID]) if META_DAEMON_PID in meta else None
+    heartbeat = meta.get(META_HEARTBEAT)
+    beat = try_epoch(heartbeat)
+    fresh = beat is not None and now - beat <= 3 * HEARTBEAT_PERIOD
+    return {
+        "generated_at": utc_iso(now),
+        "store": cfg.store.path,
+        "configured_mode": cfg.sync.mode,
+        "mode": {
+            "current": meta.get(META_MODE),
+            "reason": meta.get(META_MODE_REASON),
+            "since": meta.get(META_MODE_SINCE),
+        },
+        "daemon": {
+            "pid": pid,
+            "started_at": meta.get(META_DAEMON_STARTED),
+            "heartbeat_at": heartbeat,
+            "running": bool(fresh and pid is not None and _pid_alive(pid)),
+        },
+        "resources": resources,
+        "last_webhook_at": _iso(last_webhook),
+        "events": events,
+        "inbox_depth": int(inbox_depth),
+        "dead_letters": {"total": dead_total, "open": dead_open, "latest": latest},
+        "fallback_switches": int(meta.get(META_MODE_SWITCHES, "0")),
+    }
+
+
+def _show(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _plain(value: Any) -> Text:
+    """A value that came from a record, shown as it is: never read as rich markup, and
+    characters a terminal would act on written as escapes."""
+    shown = _show(value)
+    if not shown.isprintable():
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    return Text(shown)
+
+
+def render_status(report: dict[str, Any], console: Console) -> None:
+    """The report as a few rich tables, for people."""
+    mode = report["mode"]
+    daemon = report["daemon"]
+    overview = Table(title=f"syncd status ({report['store']})", show_header=False)
+    overview.add_column("key", style="bold")
+    overview.add_column("value")
+    running = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
+    overview.add_row("daemon", f"{running}, last heartbeat {_show(daemon['heartbeat_at'])}")
+    overview.add_row("mode", f"{_show(mode['current'])} (configured: {report['configured_mode']})")
+    overview.add_row("why", _show(mode["reason"]))
+    overview.add_row("since", _show(mode["since"]))
+    overview.add_row("fallback switches", str(report["fallback_switches"]))
+    overview.add_row("last webhook", _show(report["last_webhook_at"]))
+    overview.add_row("inbox depth", str(report["inbox_depth"]))
+    dead = report["dead_letters"]
+    overview.add_row("dead letters", f"{dead['total']} ({dead['open']} open)")
+    console.print(overview)
+    if dead["latest"]:
+        letters = Table(title="open dead letters (latest first; `syncd replay --all` re-drives them)")
+        for column in ("id", "source", "resource", "record", "event", "reason"):
+            letters.add_column(column)
+        for d in dead["latest"]:
+            letters.add_row(
+                str(d["id"]),
+                *(_plain(d[key]) for key in ("source", "resource", "record_id", "event_id", "reason")),
+            )
+        console.print(letters)
+
+    table = Table(title="resources")
+    for column in (
+        "resource",
+        "cursor",
+        "lag s",
+        "last poll",
+        "last success",
+        "last error",
+        "live",
+        "tombstoned",
+    ):
+        table.add_column(column, justify="right" if column in ("lag s", "live", "tombstoned") else "left")
+    for name, r in report["resources"].items():
+        error = None if r["last_error"] is None else f"{r['last_error']} ({_show(r['last_error_at'])})"
+        table.add_row(
+            name,
+            _show(r["cursor"]),
+            _show(r["lag_seconds"]),
+            _show(r["last_poll_at"]),
+            _show(r["last_success_at"]),
+            _show(error),
+            str(r["live"]),
+            str(r["tombstoned"]),
+        )
+    console.print(table)
+    for name, r in report["resources"].items():
+        for note in (r["cursor_problem"], r["relist_held_back"]):
+            if note is not None:
+                console.print(f"[bold yellow]{name}[/]: {escape(note)}")
+
+    events = Table(title="webhook events by outcome")
+    events.add_column("outcome")
+    events.add_column("count", justify="right")
+    for outcome, count in sorted(report["events"].items()):
+        events.add_row(outcome, str(count))
+    if not report["events"]:
+        events.add_row("(none)", "0")
+    console.print(events)

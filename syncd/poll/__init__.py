@@ -1,0 +1,2 @@
+"""The polling path: poller, scheduler, progress.
+Imports syncd.store, syncd.core and the shared modules."""

@@ -1,0 +1,341 @@
+"""The durable webhook inbox: a delivery is acknowledged only once its row is committed.
+
+Group commit. Concurrent deliveries wait in one bounded queue; a drain job on the store
+writer takes everything waiting (up to `max_batch`) and commits it in one transaction, one
+fsync, then the event loop resolves every waiter. Deliveries that arrive while a commit
+runs form the next batch, which the writer takes as soon as it is free, so under load the
+batch size follows the arrival rate and the number of transactions stays near the number
+of fsyncs the disk can do, while a lone delivery is committed at once: no timer adds
+latency, and commits never wait for the event loop to start the next one.
+
+Deduplication. The same event id is acknowledged once per delivery but stored once: an id
+already in `_events` (or earlier in the same batch) only bumps `deliveries`/`last_seen`.
+New ids get their `_events` row (outcome 'pending') in the same transaction as their
+`_inbox` row, so the dedupe key and the event can never be separated by a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from syncd.core.records import resource_for_event
+from syncd.errors import StoreClosedError, StoreError, SyncdError
+from syncd.metrics import Metrics
+from syncd.store.db import Store, Writer, insert_values
+
+log = logging.getLogger(__name__)
+
+SubmitResult = Literal["accepted", "duplicate"]
+
+
+class InboxFullError(SyncdError, RuntimeError):
+    """More deliveries are waiting for a commit than the inbox holds; the sender should retry."""
+
+    def __init__(self, event_id: str, limit: int) -> None:
+        self.event_id = event_id
+        super().__init__(f"event {event_id}: inbox has {limit} deliveries waiting for a commit")
+
+
+class InboxCommitError(StoreError):
+    """The store could not commit a batch of deliveries (disk full, locked, writer stopped)."""
+
+    def __init__(self, event_ids: Sequence[str], cause: BaseException) -> None:
+        self.event_ids = tuple(event_ids)
+        shown = ", ".join(event_ids[:3]) + (f" and {len(event_ids) - 3} more" if len(event_ids) > 3 else "")
+        super().__init__(f"cannot commit events {shown}: {cause}")
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One verified webhook delivery, as it is stored. `headers` holds only what audit needs:
+    never signatures or secrets."""
+
+    event_id: str
+    received_at: float
+    client: str
+    headers: dict[str, str]
+    body: bytes
+    event_type: str | None = None
+    #: The body as the receiver parsed it; never stored, it spares the worker a second parse.
+    parsed: Any = field(default=None, repr=False, compare=False)
+
+
+class ParsedBodies:
+    """A bounded memo of parsed webhook bodies, from the receiver (which must parse every
+    body to check it) to the worker (which needs the same parse), so a body is parsed once
+    on its way to the mirror. A memo of a pure function: whoever misses parses the body
+    itself, so the bound, restarts and rows that came from disk change nothing but speed.
+    An entry is taken once; the oldest go first when the bound is reached."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self._max_bytes = max_bytes
+        self._items: dict[bytes, Any] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, body: bytes, parsed: Any) -> None:
+        if body in self._items:
+            return
+        self._items[body] = parsed
+        self._bytes += len(body)
+        while self._bytes > self._max_bytes:
+            oldest = next(iter(self._items))
+            del self._items[oldest]
+            self._bytes -= len(oldest)
+
+    def take(self, body: bytes) -> Any:
+        """The parse of `body` if it is here (then forgotten), else None."""
+        parsed = self._items.pop(body, None)
+        if parsed is not None:
+            self._bytes -= len(body)
+        return parsed
+
+
+#: The process's memo (the receiver's inbox fills it, the inbox worker drains it).
+parsed_bodies = ParsedBodies()
+
+
+@dataclass(slots=True)
+class _Waiting:
+    delivery: Delivery
+    future: asyncio.Future[SubmitResult] = field(repr=False)
+
+
+@contextlib.contextmanager
+def replayable_transaction(store: Store) -> Iterator[None]:
+    """One transaction committed without its own fsync (synchronous=NORMAL), for work that
+    can be redone from what is already durable: applying inbox rows (they are deleted in the
+    same transaction, so a lost commit leaves them to be applied again) and the audit trail.
+    WAL keeps commits in order and the next FULL commit (the next acknowledgement) syncs
+    everything before it, so this never weakens what an acknowledgement promises; it only
+    keeps the disk's flushes for acknowledgements. FULL is restored whatever happens."""
+    if store.conn.in_transaction:
+        # Joining a caller's transaction: its own commit decides how it is synced.
+        with store.db.atomic():
+            yield
+        return
+    store.conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with store.db.atomic():
+            yield
+    finally:
+        store.conn.execute("PRAGMA synchronous=FULL")
+
+
+def commit_deliveries(store: Store, deliveries: Sequence[Delivery]) -> list[SubmitResult]:
+    """One transaction: new events into `_inbox` and `_events`, repeats counted. Runs on the
+    writer thread."""
+    conn = store.conn
+    results: list[SubmitResult] = []
+    with store.db.atomic():
+        known = store.known_events([d.event_id for d in deliveries])
+        inbox_rows: list[tuple[str, float, str, str, bytes]] = []
+        event_rows: list[tuple[str, str | None, str | None, float, float, str]] = []
+        repeats: list[tuple[float, str]] = []
+        for d in deliveries:
+            if d.event_id in known:
+                results.append("duplicate")
+                repeats.append((d.received_at, d.event_id))
+                continue
+            known.add(d.event_id)
+            results.append("accepted")
+            inbox_rows.append(
+                (
+                    d.event_id,
+                    d.received_at,
+                    d.client,
+                    orjson.dumps(d.headers, option=orjson.OPT_SORT_KEYS).decode(),
+                    d.body,
+                )
+            )
+            resource = resource_for_event(d.event_type) if d.event_type else None
+            event_rows.append((d.event_id, d.event_type, resource, d.received_at, d.received_at, "pending"))
+        insert_values(conn, "INSERT INTO _inbox (event_id, received_at, client, headers, body)", inbox_rows)
+        insert_values(
+            conn,
+            "INSERT INTO _events (event_id, event_type, resource, first_seen, last_seen, outcome)",
+            event_rows,
+        )
+        conn.executemany(
+            "UPDATE _events SET deliveries = deliveries + 1, last_seen = MAX(last_seen, ?)"
+            " WHERE event_id = ?",
+            repeats,
+        )
+    return results
+
+
+class Inbox:
+    """Durable, deduplicating, group-committing inbox in front of the store writer.
+
+    Deliveries wait in a queue shared with the writer thread. The first one queues a drain
+    job on the writer; the job takes everything waiting (up to `max_batch`), commits it,
+    hands the results back to the event loop and, if more deliveries arrived meanwhile,
+    queues itself again behind whatever other work the writer has. Batches therefore
+    follow each other as fast as the store commits, without waiting for the event loop to
+    get round to starting the next one, and other writer work is never starved."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        max_batch: int = 512,
+        max_waiting: int = 4096,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        guard: Callable[[], str | None] | None = None,
+    ) -> None:
+        """`guard`, run on the writer thread before every commit, says why the store must not
+        take deliveries now (its file was removed or replaced), or None."""
+        if max_batch < 1 or max_waiting < 1:
+            raise ValueError(f"max_batch ({max_batch}) and max_waiting ({max_waiting}) must be >= 1")
+        self._writer = writer
+        self._max_batch = max_batch
+        self._max_waiting = max_waiting
+        self._metrics = metrics
+        self._clock = clock
+        self._guard = guard
+        #: Appended on the event loop, taken on the writer thread (under `_lock`).
+        self._queue: deque[_Waiting] = deque()
+        self._lock = threading.Lock()
+        #: A drain job is queued or running on the writer (guarded by `_lock`).
+        self._draining = False
+        #: Deliveries submitted and not yet answered; only the event loop touches it.
+        self._unanswered = 0
+        self._answered_all = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[Callable[[], None]] = []
+        #: When a delivery was last committed: only durable deliveries count as webhooks
+        #: arriving (for readiness and fallback health), never ones answered 503.
+        self.last_delivery_at: float | None = None
+        #: When a commit last failed, and why; cleared by the next commit that succeeds.
+        self.last_failure_at: float | None = None
+        self.last_failure: str | None = None
+        #: Transactions committed and deliveries they held, for tests and status.
+        self.commits = 0
+        self.committed = 0
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Called after every commit that stored at least one new event (the worker's wake)."""
+        self._listeners.append(listener)
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries waiting for a commit, including those being committed."""
+        return self._unanswered
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def stop(self) -> None:
+        """Commit what is waiting, then stop taking deliveries."""
+        self._loop = None
+        while self._unanswered:
+            self._answered_all.clear()
+            await self._answered_all.wait()
+
+    async def submit(self, delivery: Delivery) -> SubmitResult:
+        """Store one delivery durably; returns once it is committed (or raises)."""
+        loop = self._loop
+        if loop is None:
+            raise InboxCommitError([delivery.event_id], RuntimeError("the inbox is not running"))
+        if self._unanswered >= self._max_waiting:
+            raise InboxFullError(delivery.event_id, self._max_waiting)
+        waiting = _Waiting(delivery, loop.create_future())
+        self._unanswered += 1
+        with self._lock:
+            self._queue.append(waiting)
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._schedule_drain(loop)
+        return await waiting.future
+
+    async def prune(self, *, dedupe_retention: float, audit_retention: float) -> tuple[int, int]:
+        """Forget event ids and audit rows past their retention (pending events are kept)."""
+        now = self._clock()
+        return await self._writer.run(
+            lambda store: store.prune(now, dedupe_retention=dedupe_retention, audit_retention=audit_retention)
+        )
+
+    def _schedule_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue a drain job on the writer; if the writer has stopped, fail what waits."""
+        try:
+            self._writer.submit(self._drain, loop)
+        except StoreClosedError as exc:
+            with self._lock:
+                orphans = list(self._queue)
+                self._queue.clear()
+                self._draining = False
+            loop.call_soon_threadsafe(self._answer, orphans, None, exc)
+
+    def _drain(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        """One batch, on the writer thread: commit it, pass the results to the loop, and queue
+        the next drain if deliveries are waiting."""
+        with self._lock:
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+        results: list[SubmitResult] | None = None
+        error: Exception | None = None
+        if batch:
+            try:
+                problem = self._guard() if self._guard is not None else None
+                if problem is not None:
+                    raise StoreError(problem)
+                results = commit_deliveries(store, [w.delivery for w in batch])
+            except Exception as exc:  # every waiter must get an answer, whatever broke
+                error = exc
+        with self._lock:
+            more = bool(self._queue)
+            self._draining = more
+        if more:
+            self._schedule_drain(loop)
+        if batch:
+            loop.call_soon_threadsafe(self._answer, batch, results, error)
+
+    def _answer(
+        self, batch: list[_Waiting], results: list[SubmitResult] | None, error: BaseException | None
+    ) -> None:
+        """On the event loop: resolve a committed (or failed) batch."""
+        self._unanswered -= len(batch)
+        if results is None:
+            log.error("inbox commit of %d deliveries failed: %s", len(batch), error)
+            self.last_failure_at = self._clock()
+            self.last_failure = str(error)
+            failure = InboxCommitError(
+                [w.delivery.event_id for w in batch], error or RuntimeError("commit failed")
+            )
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(failure)
+        else:
+            self.commits += 1
+            self.committed += len(batch)
+            self.last_delivery_at = self._clock()
+            self.last_failure_at = self.last_failure = None
+            accepted = 0
+            for w, result in zip(batch, results, strict=True):
+                if result == "accepted":
+                    accepted += 1
+                    if w.delivery.parsed is not None:
+                        parsed_bodies.put(w.delivery.body, w.delivery.parsed)
+                if not w.future.done():
+                    w.future.set_result(result)
+            if self._metrics is not None:
+                self._metrics.group_commit_size.observe(len(batch))
+                self._metrics.inbox_depth.inc(accepted)
+            if accepted:
+                for listener in self._listeners:
+                    listener()
+        if not self._unanswered:
+            self._answered_all.set()

@@ -1,0 +1,88 @@
+"""The single thread that owns the store's connection.
+
+Other components hand it work with `await writer.run(fn, *args)` (from asyncio) or
+`writer.call(fn, *args)` (from threads); `fn(store, *args)` runs on the writer thread, in the
+order handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+from syncd.errors import StoreClosedError
+
+if TYPE_CHECKING:
+    from syncd.store.db import Store
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_STOP = object()
+
+
+class Writer:
+    """The single thread that owns the store's connection and runs handed-over work in order."""
+
+    def __init__(self, store_factory: Callable[[], Store]) -> None:
+        self._factory = store_factory
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._store: Store | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._main, name="syncd-store-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        try:
+            self._store = self._factory()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            fn, args, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(self._store, *args))
+            except BaseException as exc:
+                future.set_exception(exc)
+        self._store.close()
+
+    def submit(self, fn: Callable[Concatenate[Store, P], T], *args: Any) -> concurrent.futures.Future[T]:
+        if self._closed:
+            raise StoreClosedError()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put((fn, args, future))
+        return future
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(store, *args)` on the writer thread and wait (for threads and sync code)."""
+        return self.submit(fn, *args).result()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(store, *args)` on the writer thread and await it (for asyncio code)."""
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def stop(self) -> None:
+        """Finish the work already handed over, then close the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
