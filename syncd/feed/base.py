@@ -1,0 +1,61 @@
+"""What every sink is (`Sink`), how it fails (`SinkError`) and what status shows of it
+(`SinkState`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from syncd.core.changes import Change
+from syncd.errors import SyncdError
+
+
+class SinkError(SyncdError, RuntimeError):
+    """A delivery failed. `reason` is for logs, status and dead letters (never a secret).
+
+    `delivered` counts the changes at the start of the batch that did reach the sink before
+    the failure (an http sink sends them one by one), so the runner keeps that progress."""
+
+    def __init__(self, sink: str, reason: str, *, delivered: int = 0) -> None:
+        self.sink = sink
+        self.reason = reason
+        self.delivered = delivered
+        super().__init__(f"sink {sink!r}: {reason}")
+
+
+class Sink(Protocol):
+    """Where changes go. `deliver` returns once every change of `batch` (non-empty, in seq
+    order) was accepted, or raises `SinkError`; anything else it raises is treated the same
+    way. It may be called again with the same changes (at least once)."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def deliver(self, batch: Sequence[Change]) -> None: ...
+
+
+class DeliveryState(StrEnum):
+    OK = "ok"  # nothing failing
+    RETRYING = "retrying"  # the next change failed and will be tried again after a backoff
+    # `block` sinks past max_attempts: still retried (forever, order kept), but every later
+    # change waits behind this one.
+    BLOCKED = "blocked"
+
+
+@dataclass(frozen=True, slots=True)
+class SinkState:
+    """One sink's delivery, as `syncd status` shows it. `delivered` is the last seq the sink
+    has taken (delivered, skipped as not matching, or dead-lettered), None before the runner
+    has read its offset; `attempts` counts the failures of the change it is stuck on; times
+    are epoch seconds of the runner's clock."""
+
+    name: str
+    state: DeliveryState = DeliveryState.OK
+    delivered: int | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    next_attempt_at: float | None = None
+    dead_letters: int = 0
