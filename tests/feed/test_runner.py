@@ -1,14 +1,17 @@
 import asyncio
 import random
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from syncd.core.changes import Change
+from syncd.core.changes import Change, ChangeKind, ChangeSource, matches, new_change
 from syncd.feed.base import SinkError
 from syncd.feed.log import ConnectionChangeLog, WriterChangeLog
 from syncd.feed.runner import Backoff, ChangeNotifier, DeliveryReport, OnFailure, SinkRunner, Start
@@ -275,3 +278,97 @@ async def test_writer_change_log(tmp_path: Path) -> None:
     assert writes > 0
     reader.close()
     writer_conn.close()
+
+
+def append_mixed(conn: sqlite3.Connection, ids: range) -> None:
+    """Orders for even ids, customers for odd ones (events order.created and customer.registered)."""
+    batch = [
+        new_change(
+            mirror="m",
+            resource="orders" if rid % 2 == 0 else "customers",
+            record_id=rid if rid % 2 == 0 else f"c{rid}",
+            kind=ChangeKind.CREATED,
+            source=ChangeSource.POLL,
+            data={"id": rid},
+            version=1,
+            previous=None,
+            previous_version=None,
+            at="2026-12-01T10:00:00.000Z",
+        )
+        for rid in ids
+    ]
+    conn.execute("BEGIN")
+    changelog.append(conn, batch)
+    conn.execute("COMMIT")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    count=st.integers(min_value=1, max_value=40),
+    batch_size=st.integers(min_value=1, max_value=8),
+    failures=st.lists(st.booleans(), max_size=30),
+    events=st.sampled_from([["*"], ["order.*"], ["customer.registered"], ["nothing.*"]]),
+    restart_after=st.integers(min_value=0, max_value=40),
+    max_attempts=st.integers(min_value=1, max_value=4),
+    on_failure=st.sampled_from(list(OnFailure)),
+)
+def test_every_matching_change_arrives_at_least_once_in_order(
+    count: int,
+    batch_size: int,
+    failures: list[bool],
+    events: list[str],
+    restart_after: int,
+    max_attempts: int,
+    on_failure: OnFailure,
+) -> None:
+    async def scenario(path: Path) -> None:
+        conn, log = open_log(path)
+        append_mixed(conn, range(count))
+        script = list(failures)
+        received: list[list[int]] = [[]]
+
+        def fail(batch: Sequence[Change]) -> str | None:
+            return "down" if script and script.pop(0) else None
+
+        class Recording(MemorySink):
+            async def deliver(self, batch: Sequence[Change]) -> None:
+                await super().deliver(batch)
+                received[-1].extend(c.seq for c in batch)
+
+        wanted = [c.seq for c in changelog.read_after(conn, 0, 1000) if matches(c.event, events)]
+        for phase in (0, 1):
+            sink = Recording("s", fail)
+            runner = make(
+                sink,
+                log,
+                FakeClock(),
+                start=Start.BEGINNING,
+                events=events,
+                batch_size=batch_size,
+                max_attempts=max_attempts,
+                on_failure=on_failure,
+            )
+            if phase == 0:
+                # A restart (the task cancelled wherever it is) after some deliveries.
+                await drive(
+                    runner,
+                    lambda r=runner: (
+                        len(received[0]) >= min(restart_after, len(wanted)) or r.state.delivered == count
+                    ),
+                )
+                received.append([])
+            else:
+                await drive(runner, lambda r=runner: r.state.delivered == count)
+        dead = [d.seq for d in changelog.sink_dead_letters(conn, "s")]
+        conn.close()
+        for segment in received:
+            assert segment == sorted(set(segment))  # in seq order, no repeats within a run
+        first_seen = list(dict.fromkeys(s for segment in received for s in segment))
+        # Every matching change, none other: delivered, or (skip only) in the dead letters.
+        assert sorted(set(first_seen) | set(dead)) == wanted
+        assert first_seen == sorted(first_seen) or len(received) > 1
+        if on_failure is OnFailure.BLOCK:
+            assert dead == []
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(scenario(Path(tmp) / "mirror.db"))
