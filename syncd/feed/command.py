@@ -74,7 +74,7 @@ class CommandSink:
         drainer = asyncio.create_task(self._drain(proc, stderr))
         try:
             async with asyncio.timeout(self.timeout):
-                await proc.wait()
+                await _exited(proc)
                 # Whatever the command left running would hold the pipes open (and outlive
                 # the batch); the batch is over when the command is.
                 _kill_group(proc)
@@ -89,8 +89,9 @@ class CommandSink:
             drainer.cancel()
             await asyncio.gather(feeder, drainer, return_exceptions=True)
             if proc.returncode is None:
-                # Killed just now: reap it so no zombie is left behind (SIGKILL cannot be ignored).
-                await proc.wait()
+                # Killed just now: reap it so no zombie is left behind (SIGKILL cannot be
+                # ignored). Not `wait()`: a process that escaped the group may hold the pipes.
+                await _exited(proc)
         if proc.returncode != 0:
             raise SinkError(self._name, _reason(f"{span}: {_status(proc.returncode)}", stderr))
 
@@ -115,6 +116,22 @@ class CommandSink:
             kept += chunk
             if len(kept) > self._max_stderr:
                 del kept[: len(kept) - self._max_stderr]
+
+
+#: How often to look whether the command exited while something it started keeps its pipes
+#: open (asyncio's `wait()` also waits for the pipes to close).
+_EXIT_POLL: Final = 0.05
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    waiter = asyncio.ensure_future(proc.wait())
+    try:
+        while proc.returncode is None:
+            # Normally the pipes close with the process and `wait()` returns at once.
+            await asyncio.wait({waiter}, timeout=_EXIT_POLL)
+    finally:
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

@@ -218,3 +218,24 @@ async def test_skip_isolates_the_change_that_fails_a_batch(
     assert dead.seq == 3
     assert "poisoned batch" in dead.reason
     assert os.path.exists(out)
+
+
+async def test_what_a_command_leaves_running_ends_with_its_batch(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog], tmp_path: Path
+) -> None:
+    conn, _ = db
+    append_orders(conn, [1])
+    pids = tmp_path / "pids"
+    # Exits 0 at once, leaving a child that holds its stderr open.
+    leaver = script(
+        tmp_path,
+        "leave.py",
+        "import subprocess, sys\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "open(sys.argv[1], 'w').write(str(child.pid))\n",
+    )
+    await CommandSink("script", [sys.executable, leaver, str(pids)], timeout=30.0).deliver(
+        changelog.read_after(conn, 0, 10)
+    )
+    child = int(pids.read_text())
+    await until(lambda: _gone(child))
