@@ -48,8 +48,9 @@ class DeliveryState(StrEnum):
 class SinkState:
     """One sink's delivery, as `syncd status` shows it. `delivered` is the last seq the sink
     has taken (delivered, skipped as not matching, or dead-lettered), None before the runner
-    has read its offset; `attempts` counts the failures of the change it is stuck on; times
-    are epoch seconds of the runner's clock."""
+    has read its offset (lag is the log's head minus it); `attempts` counts the failures of
+    the change it is stuck on; `dead_letters` counts the changes this runner gave up on since
+    it started; times are epoch seconds of the runner's clock."""
 
     name: str
     state: DeliveryState = DeliveryState.OK

@@ -180,6 +180,7 @@ class SinkRunner:
         self._pending: list[Change] = []
         self._pending_end = 0
         self._stopping = False
+        self._log_failures = 0
 
     @property
     def name(self) -> str:
@@ -208,6 +209,11 @@ class SinkRunner:
             # to a later head and lose what was committed in between.
             await self._log.set_offset(self.name, offset)
             log.info("sink %s: first seen, starting after seq %d (%s)", self.name, offset, self.start.value)
+        else:
+            head = await self._log.head()
+            if offset > head:
+                # Only a reset past the head does this; new changes below it would be skipped.
+                log.warning("sink %s: offset %d is past the log's head %d", self.name, offset, head)
         self._state = replace(self._state, delivered=offset)
         return offset
 
@@ -219,12 +225,15 @@ class SinkRunner:
                 self._offset = await self._open()
             if not self._pending:
                 await self._read_or_wait()
-                return
-            await self._attempt()
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-            raise
+            else:
+                await self._attempt()
         except Exception as exc:
-            await self._failed(f"change log: {type(exc).__name__}: {exc}", log_exc=exc)
+            await self._log_failed(exc)
+            return
+        if self._log_failures:
+            self._log_failures = 0
+            if self._state.attempts == 0:
+                self._state = replace(self._state, state=DeliveryState.OK, next_attempt_at=None)
 
     async def _read_or_wait(self) -> None:
         assert self._offset is not None
@@ -247,8 +256,6 @@ class SinkRunner:
         started = time.perf_counter()
         try:
             await self.sink.deliver(batch)
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-            raise
         except Exception as exc:
             delivered = exc.delivered if isinstance(exc, SinkError) else 0
             reason = exc.reason if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
@@ -312,11 +319,15 @@ class SinkRunner:
             log.error("sink %s: delivery raised unexpectedly", self.name, exc_info=unexpected)
         await self._wait_backoff(reason, attempts, change)
 
-    async def _failed(self, reason: str, *, log_exc: BaseException) -> None:
-        attempts = self._state.attempts + 1
-        self._state = replace(self._state, state=DeliveryState.RETRYING, attempts=attempts)
-        log.error("sink %s: %s", self.name, reason, exc_info=log_exc)
-        await self._wait_backoff(reason, attempts, None)
+    async def _log_failed(self, exc: Exception) -> None:
+        # Counted apart from the change's own attempts: a busy store must not send a change
+        # to the dead letters, nor make the sink look blocked by it.
+        self._log_failures += 1
+        reason = f"change log: {type(exc).__name__}: {exc}"
+        if self._state.state is DeliveryState.OK:
+            self._state = replace(self._state, state=DeliveryState.RETRYING)
+        log.error("sink %s: %s", self.name, reason, exc_info=exc)
+        await self._wait_backoff(reason, self._log_failures, None)
 
     async def _wait_backoff(self, reason: str, attempts: int, change: Change | None) -> None:
         delay = self._backoff.delay(attempts, self._rng)

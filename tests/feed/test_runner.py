@@ -173,6 +173,8 @@ async def test_log_errors_are_retried_like_delivery_failures(
     assert len(clock.delays) == 2
     assert runner.state.last_error is not None
     assert "database is locked" in runner.state.last_error
+    # A busy store is not the change's fault: it does not count towards max_attempts.
+    assert runner.state.attempts == 0
 
 
 async def test_unexpected_exceptions_from_a_sink_are_failures(
