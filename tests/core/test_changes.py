@@ -227,6 +227,9 @@ def test_changed_fields_compares_as_json() -> None:
     assert changed_fields({"items": items}, {"items": [*items, *items]}) != {}
     nan = float("nan")
     assert changed_fields({"x": nan}, {"x": nan}) == {}
+    # Nested values past what orjson encodes are still compared.
+    assert changed_fields({"x": [2**70]}, {"x": [2**70]}) == {}
+    assert changed_fields({"x": {"n": 2**70}}, {"x": {"n": 2**70 + 1}}) != {}
 
 
 def test_changed_fields_without_previous_is_none() -> None:
