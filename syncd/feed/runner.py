@@ -242,6 +242,16 @@ class SinkRunner:
         if not batch:
             await self._notifier.wait(generation, self._recheck)
             return
+        if self._offset and batch[0].seq > self._offset + 1:
+            # Seqs have no holes (a rolled-back append gives its seqs back), so this is
+            # pruning past the sink: say so rather than pass over it in silence. (Offset 0
+            # is "from the beginning", whatever the log still holds.)
+            log.warning(
+                "sink %s: changes %d to %d were pruned before it took them",
+                self.name,
+                self._offset + 1,
+                batch[0].seq - 1,
+            )
         wanted = [change for change in batch if matches(change.event, self.events)]
         if not wanted:
             await self._commit(batch[-1].seq)

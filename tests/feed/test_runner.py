@@ -374,3 +374,18 @@ def test_every_matching_change_arrives_at_least_once_in_order(
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(scenario(Path(tmp) / "mirror.db"))
+
+
+async def test_changes_pruned_past_a_sink_are_reported(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog], caplog: pytest.LogCaptureFixture
+) -> None:
+    conn, log = db
+    append_orders(conn, range(1, 6))
+    changelog.set_offset(conn, "mem", 1)
+    changelog.prune(conn, before_at="9999", keep_after_seq=3)  # as if the sink had been forgotten
+    sink = MemorySink()
+    runner = make(sink, log, FakeClock())
+    with caplog.at_level("WARNING", logger="syncd.feed"):
+        await drive(runner, lambda: runner.state.delivered == 5)
+    assert sink.seqs == [4, 5]
+    assert "changes 2 to 3 were pruned" in caplog.text
