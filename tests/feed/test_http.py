@@ -111,7 +111,7 @@ async def test_failures_are_retried_with_backoff_then_delivered_in_order(
     clock.on_sleep = record
     # A short whole-request timeout for the hanging receiver; a huge body must not be read
     # to its end (that would take far longer than this timeout).
-    async with HttpSink("app", receiver.url, SECRET, timeout=3.0 if action != "hang" else 0.3) as sink:
+    async with HttpSink("app", receiver.url, SECRET, timeout=3.0 if action != "hang" else 1.0) as sink:
         runner = runner_for(sink, log, ChangeNotifier(), clock)
         await run_until(runner, receiver, lambda: runner.state.delivered == 3)
     assert seqs(receiver.delivered) == [1, 2, 3]
