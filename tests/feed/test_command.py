@@ -130,7 +130,7 @@ async def test_a_hanging_command_and_its_children_are_killed_past_the_timeout(
     append_orders(conn, [1])
     pids = tmp_path / "pids"
     sink = CommandSink(
-        "script", [sys.executable, script(tmp_path, "hang.py", HANGER), str(pids)], timeout=2.0
+        "script", [sys.executable, script(tmp_path, "hang.py", HANGER), str(pids)], timeout=3.0
     )
     with pytest.raises(SinkError) as failed:
         await sink.deliver(changelog.read_after(conn, 0, 10))
