@@ -1,5 +1,5 @@
-"""What every sink is (`Sink`), how it fails (`SinkError`) and what status shows of it
-(`SinkState`)."""
+"""What every sink is (`Sink`), how it fails (`SinkError`), what status shows of it
+(`SinkState`), and how a runner reads the change log (`ChangeLog`)."""
 
 from __future__ import annotations
 
@@ -60,3 +60,26 @@ class SinkState:
     last_error_at: float | None = None
     next_attempt_at: float | None = None
     dead_letters: int = 0
+
+
+class ChangeLog(Protocol):
+    async def read_after(self, seq: int, limit: int) -> Sequence[Change]:
+        """Up to `limit` changes after `seq`, in seq order."""
+        ...
+
+    async def head(self) -> int:
+        """The last seq assigned (0 for an empty log)."""
+        ...
+
+    async def offset(self, sink: str) -> int | None:
+        """The sink's committed offset, None for a sink never seen."""
+        ...
+
+    async def set_offset(self, sink: str, seq: int) -> None:
+        """Commit the sink's offset (durably, before returning)."""
+        ...
+
+    async def dead_letter(self, sink: str, change: Change, reason: str) -> None:
+        """Keep `change` in the sink's dead letters and move its offset to `change.seq`, in
+        one transaction."""
+        ...

@@ -1,5 +1,5 @@
-"""How a sink runner reads the change log and keeps its offset: the `ChangeLog` protocol and
-two implementations over `syncd.store.changelog`.
+"""Two implementations of `syncd.feed.base.ChangeLog` over `syncd.store.changelog`, the
+log a sink runner reads and keeps its offset in.
 
 - `ConnectionChangeLog`: one connection of its own, read and written directly (a tool, a
   test, or a process that owns the file).
@@ -19,29 +19,6 @@ from syncd.core.changes import Change
 from syncd.store import changelog
 
 T = TypeVar("T")
-
-
-class ChangeLog(Protocol):
-    async def read_after(self, seq: int, limit: int) -> Sequence[Change]:
-        """Up to `limit` changes after `seq`, in seq order."""
-        ...
-
-    async def head(self) -> int:
-        """The last seq assigned (0 for an empty log)."""
-        ...
-
-    async def offset(self, sink: str) -> int | None:
-        """The sink's committed offset, None for a sink never seen."""
-        ...
-
-    async def set_offset(self, sink: str, seq: int) -> None:
-        """Commit the sink's offset (durably, before returning)."""
-        ...
-
-    async def dead_letter(self, sink: str, change: Change, reason: str) -> None:
-        """Keep `change` in the sink's dead letters and move its offset to `change.seq`, in
-        one transaction."""
-        ...
 
 
 class ConnRunner(Protocol):

@@ -28,8 +28,7 @@ from enum import StrEnum
 from typing import Final
 
 from syncd.core.changes import Change, matches
-from syncd.feed.base import DeliveryState, Sink, SinkError, SinkState
-from syncd.feed.log import ChangeLog
+from syncd.feed.base import ChangeLog, DeliveryState, Sink, SinkError, SinkState
 
 log = logging.getLogger("syncd.feed")
 
