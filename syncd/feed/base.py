@@ -63,6 +63,9 @@ class SinkState:
 
 
 class ChangeLog(Protocol):
+    """The change log as a runner uses it: the daemon hands it one that reads on a reader
+    connection and writes through the store's writer (`syncd.feed.log`)."""
+
     async def read_after(self, seq: int, limit: int) -> Sequence[Change]:
         """Up to `limit` changes after `seq`, in seq order."""
         ...
