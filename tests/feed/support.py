@@ -35,6 +35,16 @@ def append_orders(
     conn: sqlite3.Connection, ids: range | list[int], *, notifier: ChangeNotifier | None = None
 ) -> list[int]:
     """One created order per id, committed; returns the seqs."""
+    conn.execute("BEGIN")
+    seqs = append_orders_on(conn, ids)
+    conn.execute("COMMIT")
+    if notifier is not None:
+        notifier.notify()
+    return seqs
+
+
+def append_orders_on(conn: sqlite3.Connection, ids: range | list[int]) -> list[int]:
+    """One created order per id, in the caller's transaction."""
     batch = [
         new_change(
             mirror=MIRROR,
@@ -50,12 +60,7 @@ def append_orders(
         )
         for rid in ids
     ]
-    conn.execute("BEGIN")
-    seqs = changelog.append(conn, batch)
-    conn.execute("COMMIT")
-    if notifier is not None:
-        notifier.notify()
-    return seqs
+    return changelog.append(conn, batch)
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:

@@ -15,9 +15,9 @@ from syncd.core.changes import Change, ChangeKind, ChangeSource, matches, new_ch
 from syncd.feed.base import SinkError
 from syncd.feed.log import ConnectionChangeLog, WriterChangeLog
 from syncd.feed.runner import Backoff, ChangeNotifier, DeliveryReport, OnFailure, SinkRunner, Start
-from syncd.store import changelog
+from syncd.store import Store, Writer, changelog
 
-from .support import FakeClock, append_orders, open_log, until
+from .support import FakeClock, append_orders, append_orders_on, open_log, until
 
 T = TypeVar("T")
 
@@ -389,3 +389,36 @@ async def test_changes_pruned_past_a_sink_are_reported(
         await drive(runner, lambda: runner.state.delivered == 5)
     assert sink.seqs == [4, 5]
     assert "changes 2 to 3 were pruned" in caplog.text
+
+
+async def test_with_the_store_writer(tmp_path: Path) -> None:
+    # The wiring the daemon uses: writes through the store's writer thread, reads on a
+    # read-only connection, the writer notifying after its commit.
+    path = tmp_path / "mirror.db"
+    writer = Writer(lambda: Store(path))
+    writer.start()
+    try:
+        notifier = ChangeNotifier()
+
+        def append_in_transaction(store: Store, ids: range) -> None:
+            with store.db.atomic():
+                append_orders_on(store.conn, ids)
+            notifier.notify_threadsafe()
+
+        await writer.run(lambda store: changelog.create_tables(store.conn))
+        reader = Store.open_reader(path)
+        log = WriterChangeLog(lambda fn: writer.run(lambda store: fn(store.conn)), reader)
+        sink = MemorySink()
+        runner = make(sink, log, FakeClock(), notifier, start=Start.HEAD)
+        task = asyncio.create_task(runner.run())
+        await until(lambda: runner.state.delivered == 0)
+        await writer.run(append_in_transaction, range(1, 4))
+        await until(lambda: runner.state.delivered == 3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sink.seqs == [1, 2, 3]
+        assert changelog.offset(reader, "mem") == 3
+        reader.close()
+    finally:
+        writer.stop()
