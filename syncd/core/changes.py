@@ -1,0 +1,304 @@
+"""The change record of the feed: what one committed state change of the mirror looks like,
+as every consumer sees it (sinks, CLI, Python), and its storage row.
+
+Pure: no I/O and no clock. The store assigns `seq` and the caller supplies `at` (the commit
+time of the mirror write), so the same inputs always give the same change. Which event a
+change is comes from `syncd.core.events`, re-exported here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+import orjson
+
+from syncd.core.events import ALL_EVENTS as ALL_EVENTS
+from syncd.core.events import EVENT_RULES as EVENT_RULES
+from syncd.core.events import IGNORED_FIELDS as IGNORED_FIELDS
+from syncd.core.events import Changed as Changed
+from syncd.core.events import ChangeKind as ChangeKind
+from syncd.core.events import EventRule as EventRule
+from syncd.core.events import FieldChange as FieldChange
+from syncd.core.events import changed_fields as changed_fields
+from syncd.core.events import changed_for as changed_for
+from syncd.core.events import derive_event as derive_event
+from syncd.core.events import is_low as is_low
+from syncd.core.events import matches as matches
+
+RecordId = int | str
+
+
+class ChangeSource(StrEnum):
+    WEBHOOK = "webhook"
+    POLL = "poll"
+    FETCH = "fetch"
+    RELIST = "relist"
+
+
+# -- the change record -------------------------------------------------------------------
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON bytes of a record value. Values orjson refuses (integers past 64 bits, strings
+    with lone surrogates) take the json module's way, ASCII-escaped so the bytes are valid
+    UTF-8: a record the API sent must never stop the feed."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def _loads(text: str | bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # What _dumps wrote by the json module's way (big integers) orjson may not read back.
+        return json.loads(text)
+
+
+#: Column order of `to_row()` and of `Change.from_row()` after `seq`; the store's SQL is
+#: built from it.
+ROW_FIELDS: Final = (
+    "mirror",
+    "event",
+    "kind",
+    "resource",
+    "record_id",
+    "version",
+    "previous_version",
+    "source",
+    "changed",
+    "data",
+    "at",
+    "initial",
+)
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63
+
+
+def _stored_id(record_id: RecordId) -> RecordId:
+    # SQLite holds 64-bit integers; a larger id keeps its digits as text, as the mirror does.
+    if isinstance(record_id, int) and not _INT64_MIN <= record_id < _INT64_MAX:
+        return str(record_id)
+    return record_id
+
+
+@dataclass(frozen=True, slots=True)
+class NewChange:
+    """A change about to be committed with the mirror write that caused it, before the log
+    gives it a `seq`. Build it with `new_change`."""
+
+    mirror: str
+    event: str
+    kind: ChangeKind
+    resource: str
+    record_id: RecordId
+    version: int
+    previous_version: int | None
+    source: ChangeSource
+    changed: Changed | None
+    data: Mapping[str, Any]
+    at: str
+    initial: bool = False
+
+    def to_row(self) -> tuple[Any, ...]:
+        """Column values in `ROW_FIELDS` order; `changed` and `data` as JSON text."""
+        return (
+            self.mirror,
+            self.event,
+            self.kind.value,
+            self.resource,
+            _stored_id(self.record_id),
+            self.version,
+            self.previous_version,
+            self.source.value,
+            None if self.changed is None else _dumps(self.changed).decode(),
+            _dumps(self.data).decode(),
+            self.at,
+            1 if self.initial else 0,
+        )
+
+    def with_seq(self, seq: int) -> Change:
+        return Change(
+            seq,
+            self.mirror,
+            self.event,
+            self.kind,
+            self.resource,
+            self.record_id,
+            self.version,
+            self.previous_version,
+            self.source,
+            self.changed,
+            self.data,
+            self.at,
+            self.initial,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change, in the shape every consumer sees (sinks, CLI, Python).
+
+    `data` is the record after the change (the last known state for deleted); `changed` is
+    null for created and deleted; `at` is the commit time of the mirror write (RFC 3339 UTC
+    with milliseconds, as the store writes its timestamps)."""
+
+    seq: int
+    mirror: str
+    event: str
+    kind: ChangeKind
+    resource: str
+    record_id: RecordId
+    version: int
+    previous_version: int | None
+    source: ChangeSource
+    changed: Changed | None
+    data: Mapping[str, Any]
+    at: str
+    initial: bool = False
+
+    @property
+    def webhook_id(self) -> str:
+        """`<mirror>-<seq>`: stable across redeliveries, unique across mirrors."""
+        return f"{self.mirror}-{self.seq}"
+
+    def to_dict(self) -> dict[str, Any]:
+        # Key order is the documented one; orjson keeps insertion order.
+        return {
+            "seq": self.seq,
+            "mirror": self.mirror,
+            "event": self.event,
+            "kind": self.kind.value,
+            "resource": self.resource,
+            "record_id": self.record_id,
+            "version": self.version,
+            "previous_version": self.previous_version,
+            "source": self.source.value,
+            "changed": self.changed,
+            "data": self.data,
+            "at": self.at,
+            "initial": self.initial,
+        }
+
+    def to_json(self) -> bytes:
+        """The change as compact JSON (UTF-8), keys in the documented order."""
+        return _dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> Change:
+        """The inverse of `to_dict` (a change read back from JSON). Raises ValueError when a
+        field is missing or of the wrong kind."""
+        try:
+            changed = obj["changed"]
+            data = obj["data"]
+            if changed is not None and not isinstance(changed, dict):
+                raise ValueError("changed must be an object or null")
+            if not isinstance(data, dict):
+                raise ValueError("data must be an object")
+            previous_version = obj["previous_version"]
+            return cls(
+                int(obj["seq"]),
+                str(obj["mirror"]),
+                str(obj["event"]),
+                ChangeKind(obj["kind"]),
+                str(obj["resource"]),
+                obj["record_id"],
+                int(obj["version"]),
+                None if previous_version is None else int(previous_version),
+                ChangeSource(obj["source"]),
+                changed,
+                data,
+                str(obj["at"]),
+                bool(obj["initial"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a change: {exc!r}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Change:
+        obj = _loads(text)
+        if not isinstance(obj, dict):
+            raise ValueError("not a change: JSON is not an object")
+        return cls.from_dict(obj)
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Change:
+        """A stored row: `seq`, then the columns of `ROW_FIELDS`."""
+        (seq, mirror, event, kind, resource, record_id, version, previous_version, source, changed) = row[:10]
+        data, at, initial = row[10:13]
+        return cls(
+            seq,
+            mirror,
+            event,
+            ChangeKind(kind),
+            resource,
+            record_id,
+            version,
+            previous_version,
+            ChangeSource(source),
+            None if changed is None else _loads(changed),
+            _loads(data),
+            at,
+            bool(initial),
+        )
+
+    def to_row(self) -> tuple[Any, ...]:
+        """`seq`, then the columns of `ROW_FIELDS` (for copying a change as it was)."""
+        return (self.seq, *self.unsequenced().to_row())
+
+    def unsequenced(self) -> NewChange:
+        return NewChange(
+            self.mirror,
+            self.event,
+            self.kind,
+            self.resource,
+            self.record_id,
+            self.version,
+            self.previous_version,
+            self.source,
+            self.changed,
+            self.data,
+            self.at,
+            self.initial,
+        )
+
+
+def new_change(
+    *,
+    mirror: str,
+    resource: str,
+    record_id: RecordId,
+    kind: ChangeKind,
+    source: ChangeSource,
+    data: Mapping[str, Any],
+    version: int,
+    previous: Mapping[str, Any] | None,
+    previous_version: int | None,
+    at: str,
+    initial: bool = False,
+) -> NewChange:
+    """The change for one committed state, with its event and `changed` derived.
+
+    `previous` and `previous_version` are the data and version of the record's previous
+    change (or of the mirror's row when the log no longer has one), None for a first state.
+    For `deleted`, `data` and `version` are the last known state, so
+    `version == previous_version`."""
+    return NewChange(
+        mirror,
+        derive_event(resource, kind, previous, data),
+        kind,
+        resource,
+        record_id,
+        version,
+        previous_version,
+        source,
+        changed_for(kind, previous, data),
+        data,
+        at,
+        initial,
+    )
