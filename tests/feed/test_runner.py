@@ -15,7 +15,9 @@ from syncd.core.changes import Change, ChangeKind, ChangeSource, matches, new_ch
 from syncd.feed.base import SinkError
 from syncd.feed.log import ConnectionChangeLog, WriterChangeLog
 from syncd.feed.runner import Backoff, ChangeNotifier, DeliveryReport, OnFailure, SinkRunner, Start
-from syncd.store import Store, Writer, changelog
+from syncd.store import changelog
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 
 from .support import FakeClock, append_orders, append_orders_on, open_log, until
 
