@@ -97,7 +97,10 @@ async def test_converges_one_poll_after_the_workload_stops(
 ) -> None:
     sim_cfg = SimConfig(seed=3, rate=400, max_lag=0.5, preload_orders=300, preload_customers=40)
     with running_simulator(sim_cfg) as sim:
-        cfg = make_config(sim.base_url, tmp_path / "mirror.db", lookback="1s", page_size=25)
+        # The lookback must exceed the visibility lag as the poller sees it: the simulator's
+        # workload thread shares this process, so on a loaded machine a record stamped at T
+        # can reach its table well after T + max_lag. 3 s leaves room for that.
+        cfg = make_config(sim.base_url, tmp_path / "mirror.db", lookback="3s", page_size=25)
         poller = Poller(_client(sim, client_for), writer, cfg)
         cycles = await _poll_during_workload(poller, 2.0)
         await _quiesce(sim)

@@ -340,22 +340,3 @@ def _order(order_id: int) -> dict[str, object]:
     from tests.webhook_support import order
 
     return order(order_id)
-
-
-def test_fast_json_parse_is_the_standard_parse() -> None:
-    import json
-
-    from syncd.push.receiver import _loads
-
-    bodies = [
-        b'{"id": 123456789012345678901234567890, "neg": -9223372036854775809}',
-        b'{"a": NaN, "b": Infinity}',
-        b'{"a": "\\ud800", "b": [1.5, -0.0, 1e400]}',
-        b'{"a": 1, "a": 2, "u": "\\u00e9\xc3\xa9"}',
-        b'{"ok": [1, 2, {"x": null, "t": true}], "f": 0.1}',
-    ]
-    for body in bodies:
-        expected = json.loads(body.decode("utf-8"))
-        assert repr(_loads(body)) == repr(expected), body
-    with pytest.raises(UnicodeDecodeError):
-        _loads(b'{"a": "\xff"}')
