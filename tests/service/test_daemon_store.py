@@ -63,7 +63,7 @@ async def until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) 
 async def running(cfg: Config, **kwargs: Any) -> AsyncIterator[tuple[Daemon, asyncio.Task[int]]]:
     daemon = Daemon(cfg, notifier=Notifier({}), **kwargs)
     task = asyncio.create_task(daemon.serve())
-    await until(lambda: daemon.scheduler is not None or task.done(), "the daemon to start")
+    await until(lambda: daemon.running is not None or task.done(), "the daemon to start")
     assert not task.done(), "the daemon did not start"
     try:
         yield daemon, task
@@ -129,23 +129,23 @@ async def test_readyz_is_503_while_commits_fail_and_recovers(tmp_path: Path, sim
     db = tmp_path / "mirror.db"
     started = time.time()
     async with running(cfg) as (daemon, _), httpx.AsyncClient(timeout=10) as http:
-        assert daemon.receiver is not None
-        assert daemon.admin is not None
-        assert daemon.writer is not None
-        assert daemon.health is not None
-        assert daemon.inbox is not None
-        url, readyz = daemon.receiver.url + PATH, daemon.admin.url + "/readyz"
+        parts = daemon.running
+        assert parts is not None
+        assert parts.push is not None
+        health, inbox = parts.modes.health, parts.push.inbox
+        assert health is not None
+        url, readyz = parts.push.listener.url + PATH, parts.admin.url + "/readyz"
         # The start's polls are done before the disk fills, so no later poll can clear it.
         await until(lambda: polled_since(db, cfg.sync.resources, started), "the first polls")
         assert await deliver(http, url, "evt_before", 700_001) == 200
         ready = await http.get(readyz)
         assert ready.status_code == 200, ready.text
-        committed_at = daemon.inbox.last_delivery_at
-        await daemon.tick()
-        heard_at = daemon.health.last_webhook_at
+        committed_at = inbox.last_delivery_at
+        await daemon.tick(parts)
+        heard_at = health.last_webhook_at
         assert heard_at is not None
 
-        await daemon.writer.run(_cap_pages)
+        await parts.writer.run(_cap_pages)
         for attempt in range(3):
             assert await deliver(http, url, "evt_full", 700_002, padding=200_000) == 503, attempt
         ready = await http.get(readyz)
@@ -153,11 +153,11 @@ async def test_readyz_is_503_while_commits_fail_and_recovers(tmp_path: Path, sim
         assert "cannot be committed" in ready.json()["reason"]
         assert "full" in ready.json()["reason"]
         # Refused deliveries are not webhooks arriving, for readiness or for fallback health.
-        assert daemon.inbox.last_delivery_at == committed_at
-        await daemon.tick()
-        assert daemon.health.last_webhook_at == heard_at
+        assert inbox.last_delivery_at == committed_at
+        await daemon.tick(parts)
+        assert health.last_webhook_at == heard_at
 
-        await daemon.writer.run(_uncap_pages)
+        await parts.writer.run(_uncap_pages)
         # The provider retries; the retry commits and the daemon is ready again.
         assert await deliver(http, url, "evt_full", 700_002, padding=200_000) == 200
         ready = await http.get(readyz)
@@ -184,11 +184,12 @@ async def test_a_restart_does_not_count_the_catch_up_poll_as_webhooks_missing(
     truth = sim.truth()
     restarted = time.time()
     async with running(cfg) as (daemon, _):
-        assert daemon.health is not None
-        assert daemon.scheduler is not None
+        assert daemon.running is not None
+        health, scheduler = daemon.running.modes.health, daemon.running.scheduler
+        assert health is not None
         await until(lambda: polled_since(db, cfg.sync.resources, restarted), "the catch-up polls")
-        assert daemon.mode == "push", daemon.health.reason
-        assert daemon.health.switches == 0
+        assert daemon.mode == "push", health.reason
+        assert health.switches == 0
         conn = Store.open_reader(db)
         try:
             for resource, records in truth.items():
@@ -200,18 +201,19 @@ async def test_a_restart_does_not_count_the_catch_up_poll_as_webhooks_missing(
         # Later polls are judged as before: changes no webhook brought switch to fallback.
         sim.step(60)
         judged = time.time()
-        daemon.scheduler.trigger_now()
+        scheduler.trigger_now()
         await until(lambda: polled_since(db, cfg.sync.resources, judged), "the next polls")
         await until(lambda: daemon.mode == "fallback", "the switch to fallback")
-        assert "missed" in daemon.health.reason
+        assert "missed" in health.reason
 
 
 async def test_a_store_removed_under_the_daemon_ends_it_with_exit_1(tmp_path: Path, sim: SimHandle) -> None:
     cfg = make_config(tmp_path, sim)
     db = tmp_path / "mirror.db"
     async with running(cfg, store_check_period=0.05) as (daemon, task), httpx.AsyncClient(timeout=10) as http:
-        assert daemon.receiver is not None
-        url = daemon.receiver.url + PATH
+        assert daemon.running is not None
+        assert daemon.running.push is not None
+        url = daemon.running.push.listener.url + PATH
         assert await deliver(http, url, "evt_kept", 700_010) == 200
         db.unlink()
         code = await asyncio.wait_for(task, WAIT)
