@@ -23,8 +23,7 @@ import signal
 import socket
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from syncd.api import PetstoreClient
 from syncd.config import Config, check_warnings, load_config
@@ -44,6 +43,7 @@ from syncd.service.listeners import DaemonServer, bind_listener, take_activated_
 from syncd.service.modes import ModeControl, poll_interval, starting_mode
 from syncd.service.reload import Reloader
 from syncd.service.running import Pushing, Running, StoreFile
+from syncd.service.stopping import StopBudget, cancel
 from syncd.service.systemd import Notifier, watchdog_loop
 from syncd.store.db import Store, Writer, utc_iso
 from syncd.store.guard import FileIdentity, StoreLock
@@ -92,7 +92,7 @@ class Daemon:
         #: Stops what startup started, last started first (startup starts in reverse
         #: dependency order so this is the order shutdown needs).
         self._stops = contextlib.AsyncExitStack()
-        self._deadline = 0.0
+        self._budget = StopBudget()
         self._stop: asyncio.Event | None = None
         self._signals = 0
         self._reloading: asyncio.Task[bool] | None = None
@@ -139,7 +139,8 @@ class Daemon:
             self._stop.set()
 
     async def reload(self) -> bool:
-        """Re-read the config file; True when the new config was taken."""
+        """Re-read the config file and retune the running parts; True when the new config
+        was taken. Before startup has finished only the config changes."""
         self.notifier.reloading()
         try:
             live = await self._reloader.reload(self.cfg, self.running)
@@ -157,8 +158,12 @@ class Daemon:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def startup(self) -> Running:
-        """Start every part; each registers its stop on `self._stops` as it starts."""
-        cfg, stops = self.cfg, self._stops
+        """Start every part; each registers its stop on `self._stops` as it starts, so
+        shutdown stops them in reverse: the webhook listener (stop accepting; requests in
+        flight finish), the scheduler (polls commit their page), mode control (judges the
+        last reports), inbox (flushes), inbox worker, admin listener, watchdog, API client,
+        store writer, store lock."""
+        cfg, stops, budget = self.cfg, self._stops, self._budget
         for warning in check_warnings(cfg):
             log.warning("config: %s", warning)
         path = cfg.store.path
@@ -206,7 +211,7 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         if interval is not None and self.notifier.enabled:
             watchdog = asyncio.create_task(watchdog_loop(self.notifier, interval), name="syncd-watchdog")
-            stops.push_async_callback(_cancelled, watchdog)
+            stops.push_async_callback(cancel, watchdog)
 
         activated = take_activated_sockets(push=self.push)
         inbox = (
@@ -220,17 +225,17 @@ class Daemon:
         admin_app = create_admin_app(self.metrics, probe.readiness, refresh=probe.refresh_gauges)
         admin_sock = activated.get("admin") or bind_listener(cfg.admin.listen)
         admin = DaemonServer("admin", DaemonServer.plain_config(admin_app), admin_sock)
-        stops.push_async_callback(lambda: admin.stop(self._left()))
+        stops.push_async_callback(lambda: admin.stop(budget.left()))
         await admin.start()
         push = await self._start_push(cfg, writer, client, inbox, activated) if inbox is not None else None
 
-        stops.push_async_callback(lambda: self._bounded(modes.stop(), "mode control"))
+        stops.push_async_callback(lambda: budget.bounded(modes.stop(), "mode control"))
         modes.start()
-        stops.push_async_callback(lambda: self._bounded(scheduler.shutdown(), "poll scheduler"))
+        stops.push_async_callback(lambda: budget.bounded(scheduler.shutdown(), "poll scheduler"))
         await scheduler.start()
         if push is not None:
             # Stop accepting first: requests in flight still get their inbox commit and 2xx.
-            stops.push_async_callback(lambda: push.listener.stop(self._left()))
+            stops.push_async_callback(lambda: push.listener.stop(budget.left()))
             await push.listener.start()
         running = Running(store, writer, client, poller, scheduler, modes, admin, probe, push)
         listeners = {"admin": admin.url}
@@ -254,12 +259,13 @@ class Daemon:
         activated: dict[str, socket.socket],
     ) -> Pushing:
         """The inbox and its worker, started; the receiver's listener bound, not serving yet."""
-        stops = self._stops
+        stops, budget = self._stops, self._budget
         worker = InboxWorker(writer, client, fetch_thin=cfg.webhook.fetch_thin_events, metrics=self.metrics)
         worker_task = asyncio.create_task(worker.run(), name="syncd-inbox-worker")
-        stops.push_async_callback(self._stop_worker, worker, worker_task)
+        stops.push_async_callback(budget.finish, worker_task)
+        stops.callback(worker.stop)
         await inbox.start()
-        stops.push_async_callback(lambda: self._bounded(inbox.stop(), "inbox"))
+        stops.push_async_callback(lambda: budget.bounded(inbox.stop(), "inbox"))
         inbox.add_commit_listener(worker.wake)
         app = create_receiver_app(
             cfg.webhook, cfg.secrets.webhook_secrets, inbox, writer, metrics=self.metrics
@@ -338,28 +344,9 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop in dependency order; each step bounded so the whole fits SHUTDOWN_BUDGET."""
         self.notifier.stopping()
-        self._deadline = asyncio.get_running_loop().time() + SHUTDOWN_BUDGET
+        self._budget.start(SHUTDOWN_BUDGET)
         await self._stops.aclose()
         log.info("syncd stopped")
-
-    # -- shutdown steps ---------------------------------------------------------------------
-
-    def _left(self) -> float:
-        return max(0.1, self._deadline - asyncio.get_running_loop().time())
-
-    async def _bounded(self, awaitable: Awaitable[None], what: str) -> None:
-        seconds = self._left()
-        try:
-            await asyncio.wait_for(awaitable, seconds)
-        except TimeoutError:
-            log.error("%s did not stop within %.1fs; abandoning it", what, seconds)
-
-    async def _stop_worker(self, worker: InboxWorker, task: asyncio.Task[None]) -> None:
-        worker.stop()
-        _, pending = await asyncio.wait({task}, timeout=self._left())
-        for late in pending:
-            late.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -371,7 +358,7 @@ class Daemon:
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):
-                # Not the main thread (tests run the daemon as a task): no signal handling.
+                # Not the main thread (a loop run in another thread): no signal handling.
                 break
         try:
             yield
@@ -381,6 +368,11 @@ class Daemon:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP:
+            if self.running is None:
+                # The parts being started take the config startup began with: reloading
+                # now would leave them behind the config the daemon reports.
+                log.warning("SIGHUP before syncd is ready: ignored; send it again once ready")
+                return
             if self._reloading is not None and not self._reloading.done():
                 log.info("SIGHUP during a reload: the reload in progress reads the file as it is now")
                 return
@@ -393,8 +385,3 @@ class Daemon:
             os._exit(EXIT_FAILURE)
         log.info("%s received", sig.name)
         self.request_stop()
-
-
-async def _cancelled(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
