@@ -1,8 +1,8 @@
 """When push mode stops trusting its webhooks, and when it trusts them again.
 
-Pure logic with an injected clock: the service's mode control feeds it what it observes (webhooks arriving,
-whether the receiver serves, what each poll had to write) and acts on what it returns
-(a `Switch`, or "probe now"). Nothing here sleeps, polls or logs, so every rule is tested
+Pure logic with an injected clock: the daemon's mode control (syncd.service.modes) feeds it
+what it observes (webhooks arriving, whether the receiver serves, what each poll had to
+write) and acts on what it returns (a `Switch`, or "probe now"). Nothing here sleeps, polls or logs, so every rule is tested
 without real time.
 
 Rules (design.md, "Modes"):

@@ -47,6 +47,10 @@ def _last_relist(store: Store, resource: str) -> float | None:
 
 
 class PollScheduler:
+    """Runs each resource's polls and relists; reports every finished one to `on_result`
+    (awaited when it returns an awaitable). The daemon passes the put of the queue its mode
+    control judges from, so nothing here knows about modes."""
+
     _KINDS: tuple[JobKind, ...] = ("poll", "relist")
 
     def __init__(
