@@ -113,7 +113,7 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
     from syncd.push.inbox import Inbox
     from syncd.push.inbox_worker import InboxWorker
     from syncd.push.receiver import create_receiver_app, uvicorn_config
-    from syncd.service.listeners import serving_heap
+    from syncd.service.gc_tuning import serving_heap
     from syncd.store.db import Store, Writer
 
     cfg = WebhookConfig.model_validate(

@@ -11,7 +11,7 @@ from syncd.api import PetstoreClient
 from syncd.budget import RequestBudget, RequestKind
 from syncd.config import Config, Secrets
 from syncd.metrics import Metrics
-from syncd.service.daemon import Daemon
+from syncd.service.reload import retune_client
 from tests.fake_clocks import ManualClock
 
 
@@ -105,15 +105,13 @@ async def test_a_reload_changes_the_rate_of_the_running_client() -> None:
         cfg = Config.model_validate({"api": api, "sync": {"mode": "poll"}})
         return cfg.model_copy(update={"secrets": Secrets("k", ())})
 
-    new: list[Config] = [config("5/s")]
-    daemon = Daemon(config(None), load=lambda: new[0])
-    daemon.client = PetstoreClient.from_config(daemon.cfg, daemon.metrics)
+    unlimited, limited = config(None), config("5/s")
+    client = PetstoreClient.from_config(unlimited)
     try:
-        assert daemon.client.budget.rate is None
-        assert await daemon.reload()
-        assert daemon.client.budget.rate == 5.0
-        new[0] = config(None)
-        assert await daemon.reload()
-        assert daemon.client.budget.rate is None
+        assert client.budget.rate is None
+        retune_client(client, unlimited, limited)
+        assert client.budget.rate == 5.0
+        retune_client(client, limited, unlimited)
+        assert client.budget.rate is None
     finally:
-        await daemon.client.aclose()
+        await client.aclose()

@@ -13,7 +13,8 @@ from rich.console import Console
 from syncd.cli.common import config_option, load
 from syncd.logs import setup_logging
 from syncd.ops.status import collect_status, render_status
-from syncd.service.daemon import Daemon, secret_values
+from syncd.service.daemon import Daemon
+from syncd.service.reload import secret_values
 
 
 @click.command("run")

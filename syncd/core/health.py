@@ -1,8 +1,8 @@
 """When push mode stops trusting its webhooks, and when it trusts them again.
 
-Pure logic with an injected clock: the daemon feeds it what it observes (webhooks arriving,
-whether the receiver serves, what each poll had to write) and acts on what it returns
-(a `Switch`, or "probe now"). Nothing here sleeps, polls or logs, so every rule is tested
+Pure logic with an injected clock: the daemon's mode control (syncd.service.modes) feeds it
+what it observes (webhooks arriving, whether the receiver serves, what each poll had to
+write) and acts on what it returns (a `Switch`, or "probe now"). Nothing here sleeps, polls or logs, so every rule is tested
 without real time.
 
 Rules (design.md, "Modes"):
@@ -24,15 +24,24 @@ Rules (design.md, "Modes"):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from syncd.config import FallbackConfig
-
 HealthMode = Literal["push", "fallback"]
 DEFAULT_MIN_SAMPLE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackRules:
+    """The thresholds of the rules above (the `[fallback]` section, as plain values)."""
+
+    #: Seconds without a webhook before a probe poll.
+    silence: float
+    #: Share of fresh changes polls may write before the webhooks count as missing them.
+    missed_ratio: float
+    #: Healthy verdicts in a row needed to leave fallback.
+    recover_after: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +63,9 @@ class WebhookHealth:
 
     def __init__(
         self,
-        cfg: FallbackConfig,
+        rules: FallbackRules,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float],
         min_sample: int = DEFAULT_MIN_SAMPLE,
         mode: HealthMode = "push",
         catching_up: Iterable[str] = (),
@@ -64,7 +73,7 @@ class WebhookHealth:
         """`catching_up`: resources whose next poll (the first after a start) is not judged."""
         if min_sample < 1:
             raise ValueError(f"min_sample must be at least 1, got {min_sample}")
-        self._cfg = cfg
+        self._cfg = rules
         self._clock = clock
         self._min_sample = min_sample
         self.mode: HealthMode = mode
@@ -82,12 +91,12 @@ class WebhookHealth:
         self._catching_up = set(catching_up)
 
     @property
-    def config(self) -> FallbackConfig:
+    def config(self) -> FallbackRules:
         return self._cfg
 
-    def update_config(self, cfg: FallbackConfig) -> None:
+    def update_config(self, rules: FallbackRules) -> None:
         """A reloaded [fallback] section applies from the next observation on."""
-        self._cfg = cfg
+        self._cfg = rules
 
     @property
     def probing(self) -> bool:

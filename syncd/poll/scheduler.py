@@ -47,6 +47,10 @@ def _last_relist(store: Store, resource: str) -> float | None:
 
 
 class PollScheduler:
+    """Runs each resource's polls and relists; reports every finished one to `on_result`
+    (awaited when it returns an awaitable). The daemon passes the put of the queue its mode
+    control judges from, so nothing here knows about modes."""
+
     _KINDS: tuple[JobKind, ...] = ("poll", "relist")
 
     def __init__(
@@ -89,11 +93,12 @@ class PollScheduler:
         # still happens; coalescing folds the missed ones into it.
         return max(1, int(seconds))
 
-    def start(self) -> None:
-        """Schedule the jobs (the first poll of each resource at once) and start; needs a
-        running event loop."""
+    async def start(self) -> None:
+        """Schedule the jobs (the first poll of each resource at once) and start."""
         now = datetime.now(UTC)
         for resource in self.resources:
+            # Through the writer's queue, not a blocking call: the loop keeps serving meanwhile.
+            last = await self.poller.writer.run(_last_relist, resource)
             self._scheduler.add_job(
                 self._job,
                 self._trigger(self.interval),
@@ -105,7 +110,6 @@ class PollScheduler:
                 misfire_grace_time=self._misfire_grace(self.interval),
                 next_run_time=now,
             )
-            last = self.poller.writer.call(_last_relist, resource)
             first = (
                 self.clock() + self.full_relist_interval
                 if last is None

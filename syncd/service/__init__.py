@@ -1,2 +1,2 @@
-"""The daemon: lifecycle, modes and fallback, reload, listeners, admin, systemd.
-Imports push, poll, store, core and the shared modules."""
+"""The daemon: lifecycle (daemon, running, stopping), modes and fallback, reload, listeners,
+admin, systemd, GC tuning. Imports ops, push, poll, store, core and the shared modules."""

@@ -6,12 +6,14 @@
   counts as well, since healthy push polls only at the long safety interval. 200, or 503 with
   a JSON reason.
 - /metrics: Prometheus text exposition of the daemon's `Metrics` registry.
+
+`AdminProbe` gathers the inputs of both from the running daemon.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,7 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from syncd.errors import StoreClosedError
 from syncd.metrics import Metrics
+from syncd.push.inbox import Inbox
+from syncd.service.modes import ModeControl
+from syncd.store.db import Store, Writer
+from syncd.timefmt import try_epoch
 
 #: A sync older than this many poll intervals (plus slack) makes the daemon not ready.
 READY_FACTOR = 3.0
@@ -95,3 +102,76 @@ def create_admin_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ]
     )
+
+
+def _cursor_snapshot(store: Store, resources: tuple[str, ...]) -> dict[str, tuple[str | None, float | None]]:
+    out: dict[str, tuple[str | None, float | None]] = {}
+    for name in resources:
+        state = store.cursor_state(name)
+        out[name] = (state.cursor, state.last_success_at)
+    return out
+
+
+class AdminProbe:
+    """Gathers from the running parts what /readyz judges and /metrics samples."""
+
+    def __init__(
+        self,
+        resources: Sequence[str],
+        writer: Writer,
+        modes: ModeControl,
+        metrics: Metrics,
+        *,
+        inbox: Inbox | None,
+        store_lost: Callable[[], str | None],
+    ) -> None:
+        """`inbox`: None in poll mode. `store_lost`: why the store file is no longer the
+        one the daemon writes, once it is not."""
+        self._resources = tuple(resources)
+        self._writer = writer
+        self._modes = modes
+        self._metrics = metrics
+        self._inbox = inbox
+        self._store_lost = store_lost
+
+    async def readiness(self) -> ReadinessInputs:
+        modes = self._modes
+        try:
+            snapshot = await self._writer.run(_cursor_snapshot, self._resources)
+        except StoreClosedError:
+            return ReadinessInputs(False, modes.mode, modes.interval, None, None)
+        successes = [s for _, s in snapshot.values()]
+        oldest = None if any(s is None for s in successes) else min(s for s in successes if s is not None)
+        webhook = self._inbox.last_delivery_at if self._inbox is not None else None
+        return ReadinessInputs(
+            True, modes.mode, modes.interval, oldest, webhook, self._store_problem(successes)
+        )
+
+    def _store_problem(self, poll_successes: list[float | None]) -> str | None:
+        """Why the store is not taking writes, if it is not: deliveries refused since their
+        last commit failed (until a commit, a delivery's or a poll's, succeeds again)."""
+        lost = self._store_lost()
+        if lost is not None:
+            return lost
+        inbox = self._inbox
+        if inbox is None or inbox.last_failure_at is None:
+            return None
+        failed = inbox.last_failure_at
+        if any(s is not None and s > failed for s in poll_successes):
+            return None
+        return f"webhook deliveries cannot be committed: {inbox.last_failure}"
+
+    async def refresh_gauges(self) -> None:
+        """Cursor lag, sampled from the store."""
+        try:
+            snapshot = await self._writer.run(_cursor_snapshot, self._resources)
+        except StoreClosedError:
+            return
+        now = time.time()
+        for name, (cursor, _) in snapshot.items():
+            # A cursor that is no instant (an older syncd's) is dropped by the next poll.
+            cursor_at = try_epoch(cursor)
+            if cursor_at is not None:
+                lag = max(0.0, now - cursor_at)
+                self._modes.lags[name] = lag
+                self._metrics.cursor_lag.labels(resource=name).set(lag)

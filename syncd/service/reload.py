@@ -5,13 +5,25 @@ they are read from), signature tolerance, body limit, rate limit, allowlists and
 proxies, retention, the fallback thresholds and logging. Bound at start: anything that
 opened a socket or a file, chose the mode or the resources, shaped the API client's
 connections or scheduled the relist jobs.
+
+`Reloader` reads the file, keeps what needs a restart as started and retunes the running
+parts with the rest; an invalid file is rejected and the running config kept.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
+from syncd.api import PetstoreClient
 from syncd.config import Config
+from syncd.errors import ConfigError
+from syncd.logs import SecretRedactor, set_level, setup_logging
+from syncd.service.running import Running
+
+log = logging.getLogger(__name__)
 
 #: (section, key) pairs a reload cannot change.
 RESTART_ONLY: tuple[tuple[str, str], ...] = (
@@ -70,3 +82,78 @@ def apply_live(started: Config, new: Config) -> Config:
         if kept:
             updates[section] = getattr(new, section).model_copy(update=kept)
     return new.model_copy(update=updates)
+
+
+def secret_values(cfg: Config) -> list[str]:
+    """What the log redactor hides: every secret the config holds."""
+    values = list(cfg.secrets.webhook_secrets)
+    if cfg.secrets.api_key:
+        values.append(cfg.secrets.api_key)
+    return values
+
+
+def retune_client(client: PetstoreClient, previous: Config, live: Config) -> None:
+    """The API key and the request rate apply to the next request; connections stay."""
+    if live.secrets.api_key and live.secrets.api_key != previous.secrets.api_key:
+        client.set_api_key(live.secrets.api_key)
+    if client.budget.rate != live.api.rate_limit:
+        client.budget.set_rate(live.api.rate_limit)
+
+
+def retune(running: Running, previous: Config, live: Config) -> None:
+    """Apply a reloaded config to the running parts."""
+    running.poller.cfg = live
+    retune_client(running.client, previous, live)
+    if running.push is not None:
+        running.push.receiver.update_settings(live.webhook, live.secrets.webhook_secrets)
+    running.modes.reconfigure(live)
+    # The reload may have fixed a refused API key.
+    running.scheduler.resume_stopped()
+
+
+class Reloader:
+    """Takes a new config from `load` (the config file) on request."""
+
+    def __init__(
+        self, started: Config, load: Callable[[], Config], *, redactor: SecretRedactor | None = None
+    ) -> None:
+        """`started`: what the listeners, store and mode were started with; reloads cannot
+        change it. `redactor`: the log redactor to give the new secrets, if logging has one."""
+        self.started = started
+        self._load = load
+        self.redactor = redactor
+
+    async def reload(self, current: Config, running: Running | None) -> Config | None:
+        """The config to run with from now on, applied to `running`; None when the file was
+        rejected."""
+        try:
+            new = await asyncio.to_thread(self._load)
+        except Exception as exc:
+            log.error(
+                "config reload rejected, keeping the running config: %s",
+                exc,
+                exc_info=not isinstance(exc, ConfigError | OSError),
+            )
+            return None
+        for key in restart_only_changes(self.started, new):
+            log.warning("config reload: %s changed; it takes effect after a restart", key)
+        live = apply_live(self.started, new)
+        changed = changed_keys(current, live)
+        self._retune_logging(current, live)
+        if running is not None:
+            retune(running, current, live)
+        log.info(
+            "config reloaded from %s; changed: %s",
+            live.source,
+            ", ".join(changed) or "nothing",
+            extra={"changed": changed},
+        )
+        return live
+
+    def _retune_logging(self, previous: Config, live: Config) -> None:
+        if self.redactor is not None:
+            self.redactor.set_secrets(secret_values(live))
+        if live.log.format != previous.log.format:
+            self.redactor = setup_logging(live.log, secrets=secret_values(live))
+        else:
+            set_level(live.log.level)

@@ -82,6 +82,7 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
+        """Whether a service manager listens (``$NOTIFY_SOCKET`` names a usable socket)."""
         return self._address is not None
 
     def notify(self, *assignments: str) -> bool:
@@ -132,6 +133,7 @@ class Notifier:
         return self._watchdog
 
     def close(self) -> None:
+        """Close the socket (the daemon does on exit); a later message opens a new one."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -205,8 +207,3 @@ def listen_fds_with_names() -> list[tuple[str, socket.socket]]:
             ) from exc
         result.append((name, sock))
     return result
-
-
-def listen_fds() -> list[socket.socket]:
-    """Sockets passed by socket activation, in order; see listen_fds_with_names."""
-    return [sock for _, sock in listen_fds_with_names()]

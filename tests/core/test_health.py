@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncd.config import FallbackConfig
-from syncd.core.health import Switch, WebhookHealth
+from syncd.core.health import FallbackRules, Switch, WebhookHealth
 
 
 class FakeClock:
@@ -19,10 +18,8 @@ class FakeClock:
         self.now += seconds
 
 
-def fallback_config(silence: float = 60.0, ratio: float = 0.05, recover: int = 2) -> FallbackConfig:
-    return FallbackConfig.model_validate(
-        {"silence": f"{silence:g}s", "missed_ratio": ratio, "recover_after": recover}
-    )
+def fallback_config(silence: float = 60.0, ratio: float = 0.05, recover: int = 2) -> FallbackRules:
+    return FallbackRules(silence=silence, missed_ratio=ratio, recover_after=recover)
 
 
 def make(
@@ -212,7 +209,7 @@ def test_negative_counts_are_rejected(fresh: int, applied: int) -> None:
 
 def test_invalid_construction_is_rejected() -> None:
     with pytest.raises(ValueError, match="min_sample"):
-        WebhookHealth(fallback_config(), min_sample=0)
+        WebhookHealth(fallback_config(), clock=FakeClock(), min_sample=0)
     health, _ = make()
     with pytest.raises(ValueError, match="at least one poll"):
         health.start_probe(0)

@@ -329,7 +329,7 @@ async def test_a_repeated_next_cursor_ends_the_listing_with_an_error_status_show
         metrics=metrics,
         on_result=results.append,
     )
-    sched.start()
+    await sched.start()
     try:
         async with asyncio.timeout(10):
             while status_of(store_path, base_url)["last_error"] is None:

@@ -82,7 +82,7 @@ async def test_schedules_polls_and_stops_a_resource_on_auth_errors(
         metrics=metrics,
         on_result=results,
     )
-    sched.start()
+    await sched.start()
     try:
         first = await results.wait_for("orders", 1)
         await results.wait_for("inventory", 1)
@@ -130,7 +130,7 @@ async def test_resume_stopped_polls_a_resource_again_once_its_key_is_accepted(
     sched = PollScheduler(
         poller, ("customers",), interval=60, full_relist_interval=3600, jitter=0, on_result=results
     )
-    sched.start()
+    await sched.start()
     try:
         async with asyncio.timeout(5):
             while "customers" not in sched.stopped:
@@ -162,7 +162,7 @@ async def test_set_interval_reschedules_every_poll(parts: tuple[Poller, Metrics]
     sched = PollScheduler(
         poller, ("orders", "inventory"), interval=60, full_relist_interval=3600, jitter=0, on_result=results
     )
-    sched.start()
+    await sched.start()
     try:
         await results.wait_for("orders", 1)
         before = sched.next_run("poll", "orders")
@@ -189,7 +189,7 @@ async def test_shutdown_awaits_a_poll_in_flight(tmp_path: Path) -> None:
             sched = PollScheduler(
                 poller, ("orders",), interval=60, full_relist_interval=3600, jitter=0, on_result=results
             )
-            sched.start()
+            await sched.start()
             async with asyncio.timeout(10):
                 while cursor_of(tmp_path / "mirror.db", "orders") is None:
                     await asyncio.sleep(0.005)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from syncd.config import API_KEY_CREDENTIAL, CONFIG_ENV, WEBHOOK_SECRET_CREDENTIAL
-from syncd.service.systemd import Notifier, listen_fds, watchdog_loop
+from syncd.service.systemd import Notifier, listen_fds_with_names, watchdog_loop
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "syncd.service"
@@ -199,7 +199,7 @@ async def test_watchdog_loop_rejects_bad_interval(interval: float) -> None:
 def test_listen_fds_not_for_us(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, str(os.getpid()) if value == "<self>" else value)
-    assert listen_fds() == []
+    assert listen_fds_with_names() == []
     for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         assert key not in os.environ
 
@@ -261,9 +261,9 @@ read_end, _ = os.pipe()
 os.dup2(read_end, 3)
 os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="webhook")
 from syncd.config import API_KEY_CREDENTIAL, CONFIG_ENV, WEBHOOK_SECRET_CREDENTIAL
-from syncd.service.systemd import listen_fds
+from syncd.service.systemd import listen_fds_with_names
 try:
-    listen_fds()
+    listen_fds_with_names()
 except OSError as exc:
     print(exc)
 """

@@ -1,6 +1,6 @@
 import gc
 
-from syncd.service.listeners import GC_GEN0_THRESHOLD, serving_heap
+from syncd.service.gc_tuning import GC_GEN0_THRESHOLD, serving_heap
 
 
 def test_serving_heap_freezes_startup_objects_and_restores_the_collector() -> None:
