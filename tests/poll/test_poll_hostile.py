@@ -24,7 +24,8 @@ from syncd.config import Config
 from syncd.errors import ListingLoopError
 from syncd.metrics import Metrics
 from syncd.ops.status import collect_status
-from syncd.poll.poller import META_RELIST_HELD, Poller, PollResult
+from syncd.poll.listing_guards import META_RELIST_HELD
+from syncd.poll.poller import Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
 from syncd.sim.config import SimConfig
 from syncd.sim.server import running_simulator
