@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import stamina
 
-from syncd.api import MAX_RETRY_AFTER, PetstoreClient, parse_retry_after
+from syncd.api import PetstoreClient
+from syncd.api_transport import MAX_RETRY_AFTER, parse_retry_after
 from syncd.errors import ApiResponseTooLargeError, ApiTlsError, ApiTransientError
 from syncd.metrics import Metrics
 from syncd.poll.poller import Poller
