@@ -33,10 +33,11 @@ from syncd.metrics import Metrics
 from syncd.ops import status as status_keys
 from syncd.poll.poller import Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
+from syncd.push.audit import AuditLog
 from syncd.push.inbox import Inbox
 from syncd.push.inbox_worker import InboxWorker
-from syncd.push.receiver import create_receiver_app
-from syncd.push.receiver import uvicorn_config as receiver_uvicorn_config
+from syncd.push.receiver_app import create_receiver_app
+from syncd.push.receiver_app import uvicorn_config as receiver_uvicorn_config
 from syncd.service.admin import ReadinessInputs, create_admin_app
 from syncd.service.listeners import DaemonServer, bind_listener, serving_heap, take_activated_sockets
 from syncd.service.reload import apply_live, changed_keys, restart_only_changes
@@ -211,7 +212,7 @@ class Daemon:
         if self.client is not None and self.client.budget.rate != live.api.rate_limit:
             self.client.budget.set_rate(live.api.rate_limit)
         if self._receiver_app is not None:
-            self._receiver_app.state.update_settings(live.webhook, live.secrets.webhook_secrets)
+            self._receiver_app.receiver.update_settings(live.webhook, live.secrets.webhook_secrets)
         if self.scheduler is not None:
             if self.current_interval != previous_interval:
                 self.scheduler.set_interval(self.current_interval)
@@ -273,8 +274,9 @@ class Daemon:
             )
             self.inbox.add_commit_listener(self.worker.wake)
             self._tasks.append(asyncio.create_task(self.worker.run(), name="syncd-inbox-worker"))
+            audit = AuditLog(writer, metrics=self.metrics)
             app = create_receiver_app(
-                cfg.webhook, cfg.secrets.webhook_secrets, self.inbox, writer, metrics=self.metrics
+                cfg.webhook, cfg.secrets.webhook_secrets, self.inbox, audit, metrics=self.metrics
             )
             self._receiver_app = app
             sock = activated.get("webhook") or bind_listener(cfg.webhook.listen)
