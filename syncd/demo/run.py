@@ -32,6 +32,7 @@ from rich.table import Table
 
 from syncd.config import Config, load_config
 from syncd.core.records import KNOWN_EVENTS
+from syncd.demo.daemon_process import DaemonProcess
 from syncd.demo.report import RunResult, compare_table, drift, latencies, verdict
 from syncd.errors import SyncdError
 from syncd.ops.status import collect_status
@@ -101,46 +102,6 @@ listen = "127.0.0.1:{admin_port}"
 level = "info"
 """
     )
-
-
-class DaemonProcess:
-    """`syncd run` as a child process, stopped with SIGTERM like systemd would."""
-
-    def __init__(self, config: Path, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "run", "--config", str(config)],
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # Its own process group: Ctrl-C in the terminal reaches the demo, which then stops
-            # the daemon in order instead of both racing.
-            start_new_session=True,
-        )
-
-    def wait_ready(self, admin_url: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {self.proc.returncode}; see {self.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{admin_url}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"the daemon did not become healthy within {timeout:.0f}s; see {self.log_path}")
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 def format_age(seconds: float) -> str:
@@ -231,10 +192,12 @@ class Demo:
             poll_interval=self.options.poll_interval,
         )
         env = {"SYNCD_DEMO_API_KEY": sim.api_key, "SYNCD_DEMO_WEBHOOK_SECRET": secret}
-        daemon = DaemonProcess(config, env, workdir / f"{mode}-daemon.log")
+        daemon = DaemonProcess(
+            config, {**os.environ, **env}, workdir / f"{mode}-daemon.log", own_session=True
+        )
         admin_url = f"http://127.0.0.1:{admin_port}"
         try:
-            daemon.wait_ready(admin_url)
+            daemon.wait_healthy(admin_url)
             settings = load_config(config, require_secrets=False)
             initial = self._wait_initial_sync(settings, admin_url)
             if mode == "push":
