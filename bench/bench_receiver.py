@@ -118,7 +118,7 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
     from syncd.store.db import Store, Writer
 
     cfg = WebhookConfig.model_validate(
-        {"listen": f"127.0.0.1:{port}", "path": PATH, "rate_limit": "10000000/s"}
+        {"listen": f"127.0.0.1:{port}", "path": PATH, "rate_limit": "1000000/s"}
     )
     key = SECRET.encode()
 
