@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import stamina
 from click.testing import CliRunner
 
 from syncd import timefmt
@@ -37,10 +36,7 @@ from tests.poll_helpers import cursor_of, make_config, mirror_versions
 NOW = float(int(time.time()) - 86_400)
 
 
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=3, cap=True):
-        yield
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 @pytest.fixture
