@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -33,9 +30,8 @@ from rich.table import Table
 from syncd.config import Config, load_config
 from syncd.core.records import KNOWN_EVENTS
 from syncd.demo.daemon_process import DaemonProcess
+from syncd.demo.observe import format_age, observe
 from syncd.demo.report import RunResult, compare_table, drift, latencies, verdict
-from syncd.errors import SyncdError
-from syncd.ops.status import collect_status
 from syncd.sim.config import FaultConfig, SimConfig
 from syncd.sim.server import SimHandle, free_port
 
@@ -102,45 +98,6 @@ listen = "127.0.0.1:{admin_port}"
 level = "info"
 """
     )
-
-
-def format_age(seconds: float) -> str:
-    """12.3s, 4m05s, 3h12m, 12d04h: a cursor lag read at a glance."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d{hours:02d}h"
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-@dataclass
-class Observed:
-    """What an operator sees of the daemon: `syncd status` and the admin `/metrics`."""
-
-    status: dict[str, Any] | None
-    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` whose labels include `labels`."""
-        want = set(labels.items())
-        return sum(v for (n, ls), v in self.metrics.items() if n == name and want <= set(ls))
-
-
-def observe(settings: Config, admin_url: str) -> Observed:
-    status: dict[str, Any] | None = None
-    with contextlib.suppress(SyncdError, sqlite3.Error):
-        # Before the daemon has created its store there is nothing to report yet.
-        status = collect_status(settings)
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    with contextlib.suppress(httpx.HTTPError):
-        text = httpx.get(f"{admin_url}/metrics", timeout=2).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return Observed(status, samples)
 
 
 @dataclass(frozen=True)
