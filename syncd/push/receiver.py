@@ -39,7 +39,7 @@ from syncd.metrics import Metrics
 from syncd.push.admission import RateLimiter, in_networks, json_content_type, resolve_client
 from syncd.push.audit import AuditLog, AuditRow, RejectionSampler
 from syncd.push.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
-from syncd.signatures import LowercaseHeaders, Verifier, make_verifier
+from syncd.signatures import Verifier, make_verifier
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class WebhookReceiver:
         s = self.settings
         cfg = s.cfg
         # ASGI servers deliver header names in lower case.
-        headers = LowercaseHeaders([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]])
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         peer = (scope.get("client") or ("", 0))[0]
         client = resolve_client(peer, headers.get("x-forwarded-for"), cfg.trusted_proxies)
         size = 0
