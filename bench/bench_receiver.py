@@ -110,9 +110,10 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
 
     from syncd.config import WebhookConfig
     from syncd.metrics import Metrics
+    from syncd.push.audit import AuditLog
     from syncd.push.inbox import Inbox
     from syncd.push.inbox_worker import InboxWorker
-    from syncd.push.receiver import create_receiver_app, uvicorn_config
+    from syncd.push.receiver_app import create_receiver_app, uvicorn_config
     from syncd.service.gc_tuning import serving_heap
     from syncd.store.db import Store, Writer
 
@@ -145,14 +146,16 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
             inbox.add_commit_listener(worker.wake)
             await inbox.start()
             tasks.append(asyncio.create_task(worker.run()))
-            app = create_receiver_app(cfg, (SECRET,), inbox, writer, metrics=metrics)
+            app = create_receiver_app(
+                cfg, (SECRET,), inbox, AuditLog(writer, metrics=metrics), metrics=metrics
+            )
         elif kind == "nostore":
 
             class Unstored:  # acknowledges without storing: a measurement aid, never durable
                 async def submit(self, delivery: Any) -> str:
                     return "accepted"
 
-            app = create_receiver_app(cfg, (SECRET,), Unstored(), writer)  # type: ignore[arg-type]
+            app = create_receiver_app(cfg, (SECRET,), Unstored(), AuditLog(writer))  # type: ignore[arg-type]
         elif kind == "bare":
 
             async def bare(request: Request) -> Response:

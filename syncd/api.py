@@ -1,24 +1,17 @@
-"""HTTP client for the Pet Store API: listing pages, one record, webhook endpoints.
+"""Client of the Pet Store API: listing pages, one record, webhook endpoints.
 
 Retries: timeouts, connection failures and 5xx are retried with exponential backoff and
 jitter by stamina (whose test mode makes tests never sleep); 429 waits exactly the
 announced `Retry-After` through an injectable sleep; 401/403 fail at once (retrying cannot
 fix a key), and so does a TLS certificate that fails verification. A listing whose cursor
 expired raises CursorExpiredError: only the caller knows from where to start again.
-
-Bounds: `api.timeout` covers a whole request, body included (httpx's own timeouts are per
-read, so an API dripping a byte a second would never time out); a body larger than
-`api.max_response` is refused while it streams in, never read whole first. Every request,
-retries included, first takes a token from the shared request budget (syncd.budget).
+Deadlines, size caps and the request budget are syncd.api_transport's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import math
-import re
 import ssl
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -28,19 +21,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
-import orjson
 import stamina
 
 from syncd import jsonparse
+from syncd.api_transport import DEFAULT_MAX_RESPONSE, ApiResponse, ApiTransport
 from syncd.budget import RequestBudget, RequestKind
 from syncd.errors import (
     ApiAuthError,
     ApiError,
     ApiNotFoundError,
-    ApiResponseTooLargeError,
-    ApiTlsError,
     ApiTransientError,
-    CursorExpiredError,
     RateLimitedError,
     RecordError,
 )
@@ -53,15 +43,8 @@ log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 
-#: A Retry-After beyond this is treated as this long: a listing must not stall for hours.
-MAX_RETRY_AFTER = 300.0
 #: 429s in a row without a usable Retry-After wait 1, 2, 4, ... seconds, at most this long.
 MAX_RATE_LIMIT_BACKOFF = 60.0
-DEFAULT_MAX_RESPONSE = 64 * 1024 * 1024
-#: Of an error answer only the start is read: its code and message are all syncd uses.
-_ERROR_BODY_LIMIT = 64 * 1024
-_TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
-_DELAY_SECONDS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,69 +54,6 @@ class Page:
     next_cursor: str | None
     #: The response's `Date` header: the API's clock, to judge records stamped in the future.
     date: str | None = None
-
-
-@dataclass(slots=True)
-class ApiStats:
-    """Plain counters of one client (the demo compares them between push and poll)."""
-
-    requests: int = 0
-    bytes_received: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ApiResponse:
-    """An answer read whole within the request's deadline and size cap."""
-
-    status_code: int
-    headers: httpx.Headers
-    content: bytes
-
-    def json(self) -> Any:
-        try:
-            return jsonparse.loads(self.content)
-        except (ValueError, RecursionError):
-            raise ApiError(
-                f"HTTP {self.status_code}: response is not JSON", status=self.status_code
-            ) from None
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-
-def parse_retry_after(value: str | None, *, date: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header, or None when it says nothing usable (the
-    caller backs off instead). Delay-seconds or an HTTP-date (RFC 9110), measured from the
-    response's own `Date` when it has one so clock skew between us and the API cancels out;
-    past dates wait 0, huge values MAX_RETRY_AFTER. nan, inf, negative numbers and garbage
-    are not delay-seconds."""
-    if value is None:
-        return None
-    if m := _DELAY_SECONDS_RE.match(value):
-        seconds = float(m.group(1))
-        return min(seconds, MAX_RETRY_AFTER) if math.isfinite(seconds) else MAX_RETRY_AFTER
-    when = _http_date(value)
-    if when is None:
-        return None
-    reference = _http_date(date) if date is not None else None
-    delay = when - (reference if reference is not None else now)
-    return min(max(delay, 0.0), MAX_RETRY_AFTER)
-
-
-def _http_date(value: str) -> float | None:
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed.tzinfo is None:
-        return None
-    try:
-        return parsed.timestamp()
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 def record_path(resource: str, record_id: int | str) -> str:
@@ -151,34 +71,12 @@ def record_path(resource: str, record_id: int | str) -> str:
     return f"/{resource}/{segment}"
 
 
-def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
 def _default_kind(method: str, params: Mapping[str, Any] | None) -> RequestKind:
     # Only listings send `limit`; one with `since` is an incremental poll, one without a full
     # listing (first sync, relist, verify).
     if method == "GET" and params is not None and "limit" in params:
         return "poll" if "since" in params else "relist"
     return "other"
-
-
-def _error_code(response: ApiResponse) -> tuple[str | None, str]:
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return None, response.text[:200]
-    err = body.get("error", {}) if isinstance(body, dict) else {}
-    code = err.get("code") if isinstance(err, dict) else None
-    message = err.get("message") if isinstance(err, dict) else None
-    return (code if isinstance(code, str) else None), (message if isinstance(message, str) else "")
 
 
 class PetstoreClient:
@@ -208,31 +106,28 @@ class PetstoreClient:
         self.metrics = metrics
         self.retry_attempts = retry_attempts
         self.max_rate_limited = max_rate_limited
-        self.stats = ApiStats()
-        self.timeout = timeout
-        self.max_response = max_response
         self.budget = budget if budget is not None else RequestBudget(rate_limit, metrics=metrics)
         if self.budget.metrics is None:
             self.budget.metrics = metrics
         self._sleep = sleep
-        self._clock = clock
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=30.0,
-            ),
+        self._transport = ApiTransport(
+            self.base_url,
+            api_key,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            budget=self.budget,
+            metrics=metrics,
             transport=transport,
-            follow_redirects=False,
+            max_response=max_response,
+            clock=clock,
             verify=verify,
         )
+        self.stats = self._transport.stats
 
     def set_api_key(self, api_key: str) -> None:
         """Send `api_key` from the next request on (a reload after the key was rotated)."""
-        self._http.headers["Authorization"] = f"Bearer {api_key}"
+        self._transport.set_api_key(api_key)
 
     @classmethod
     def from_config(cls, cfg: Config, metrics: Metrics | None = None) -> PetstoreClient:
@@ -262,103 +157,9 @@ class PetstoreClient:
 
     async def aclose(self) -> None:
         self.budget.close()
-        await self._http.aclose()
+        await self._transport.aclose()
 
     # -- requests ---------------------------------------------------------------------------
-
-    async def _send_once(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None,
-        body: Any,
-        kind: RequestKind,
-        on_send: Callable[[], None] | None,
-    ) -> ApiResponse:
-        what = f"{method} {path}"
-        # Waiting for our own budget is not the API being slow: it is outside the deadline.
-        await self.budget.acquire(kind)
-        if on_send is not None:
-            on_send()
-        try:
-            async with asyncio.timeout(self.timeout):
-                nbytes, response = await self._receive(method, path, params, body, what)
-        except TimeoutError as exc:
-            self._count(kind, "timeout", 0)
-            raise ApiTransientError(
-                f"{what}: no answer in time, the whole request took over api.timeout ({self.timeout:g}s)"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            self._count(kind, "timeout", 0)
-            raise ApiTransientError(f"{what}: no answer in time ({exc.__class__.__name__})") from exc
-        except httpx.TransportError as exc:
-            if (tls := _tls_failure(exc)) is not None:
-                self._count(kind, "tls_error", 0)
-                host = httpx.URL(self.base_url).host
-                raise ApiTlsError(
-                    f"{what}: the TLS certificate of {host} failed verification: "
-                    f"{tls.verify_message or tls.reason or tls}"
-                ) from exc
-            self._count(kind, "connection_error", 0)
-            raise ApiTransientError(f"{what}: connection failed ({exc.__class__.__name__}: {exc})") from exc
-        except ApiResponseTooLargeError:
-            self._count(kind, "too_large", 0)
-            raise
-        status = response.status_code
-        self._count(kind, str(status), nbytes)
-        if status < 400:
-            return response
-        code, message = _error_code(response)
-        detail = f"{what}: HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
-        if status in _TRANSIENT_STATUSES:
-            raise ApiTransientError(detail, status=status, code=code)
-        if status == 429:
-            retry_after = parse_retry_after(
-                response.headers.get("Retry-After"), date=response.headers.get("Date"), now=self._clock()
-            )
-            raise RateLimitedError(detail, retry_after=retry_after)
-        if status in (401, 403):
-            raise ApiAuthError(detail, status=status, code=code)
-        if status == 404:
-            raise ApiNotFoundError(detail, status=status, code=code)
-        if status == 400 and code == "cursor_expired":
-            raise CursorExpiredError(detail, status=status, code=code)
-        raise ApiError(detail, status=status, code=code)
-
-    async def _receive(
-        self, method: str, path: str, params: Mapping[str, Any] | None, body: Any, what: str
-    ) -> tuple[int, ApiResponse]:
-        """Send and stream the answer in, refusing it past max_response. Returns the bytes
-        received on the wire (compressed) and the answer (decoded)."""
-        request = self._http.build_request(method, path, params=params, json=body)
-        response = await self._http.send(request, stream=True)
-        try:
-            limit = self.max_response if response.status_code < 400 else _ERROR_BODY_LIMIT
-            declared = response.headers.get("Content-Length", "")
-            if response.status_code < 400 and declared.isdigit() and int(declared) > limit:
-                raise ApiResponseTooLargeError(what, limit, declared=int(declared))
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    if response.status_code >= 400:
-                        chunks.append(chunk[: len(chunk) - (size - limit)])
-                        break
-                    raise ApiResponseTooLargeError(what, limit)
-                chunks.append(chunk)
-            return response.num_bytes_downloaded, ApiResponse(
-                response.status_code, response.headers, b"".join(chunks)
-            )
-        finally:
-            await response.aclose()
-
-    def _count(self, kind: RequestKind, status: str, nbytes: int) -> None:
-        self.stats.requests += 1
-        self.stats.bytes_received += nbytes
-        if self.metrics is not None:
-            self.metrics.api_requests.labels(kind=kind, status=status).inc()
-            self.metrics.api_bytes.inc(nbytes)
 
     async def _send_retrying(
         self,
@@ -382,7 +183,7 @@ class PetstoreClient:
                 if not first:
                     self.stats.retries += 1
                 first = False
-                return await self._send_once(method, path, params, body, kind, on_send)
+                return await self._transport.send_once(method, path, params, body, kind, on_send)
         raise AssertionError("stamina.retry_context ended without an attempt")  # pragma: no cover
 
     async def request(

@@ -115,14 +115,7 @@ def _check_scheme(scheme: str) -> None:
         raise ValueError(f"unknown webhook signature scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
 
 
-class LowercaseHeaders(dict[str, str]):
-    """Headers whose names are already lower case (as ASGI servers deliver them): verifiers
-    read them as they are instead of making a normalised copy."""
-
-
 def _lower_keys(headers: Mapping[str, str]) -> Mapping[str, str]:
-    if type(headers) is LowercaseHeaders:
-        return headers
     # Starlette's Headers is already case-insensitive, but a plain dict is
     # not; one normalised copy serves both.
     out: dict[str, str] = {}

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import respx
-import stamina
 
 from syncd.api import Page, PetstoreClient
 from syncd.errors import ApiAuthError, ApiError, ApiTransientError, CursorExpiredError, RateLimitedError
@@ -36,10 +35,12 @@ class FakeSleep:
         self.calls.append(seconds)
 
 
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=5, cap=True):
-        yield
+pytestmark = pytest.mark.usefixtures("no_backoff")
+
+
+@pytest.fixture
+def retry_attempts() -> int:
+    return 5
 
 
 @pytest.fixture

@@ -8,34 +8,27 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import stamina
 
-from syncd.api import MAX_RETRY_AFTER, PetstoreClient, parse_retry_after
+from syncd.api import PetstoreClient
+from syncd.api_transport import MAX_RETRY_AFTER, parse_retry_after
 from syncd.errors import ApiResponseTooLargeError, ApiTlsError, ApiTransientError
 from syncd.metrics import Metrics
 from syncd.poll.poller import Poller
-from syncd.store.db import Store, Writer
+from syncd.store.db import Writer
 from tests.hostile_api import HostileApi, Seen, http_response, make_certificate, page_body
 from tests.poll_helpers import cursor_of, make_config, mirror_versions
 
-
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=5, cap=True):
-        yield
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 @pytest.fixture
-def writer(tmp_path: Path) -> Iterator[Writer]:
-    w = Writer(lambda: Store(tmp_path / "mirror.db"))
-    w.start()
-    yield w
-    w.stop()
+def retry_attempts() -> int:
+    return 5
 
 
 @pytest.fixture

@@ -12,16 +12,18 @@ from syncd.config import (
     DEFAULT_CONFIG_PATH,
     WEBHOOK_SECRET_CREDENTIAL,
     Config,
-    ListenAddress,
     check_warnings,
+    load_config,
+    resolve_config_path,
+)
+from syncd.config_values import (
+    ListenAddress,
     format_duration,
     format_size,
-    load_config,
     parse_duration,
     parse_listen,
     parse_rate,
     parse_size,
-    resolve_config_path,
 )
 from syncd.errors import ConfigError
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
 
 from syncd.config import WebhookConfig
 from syncd.metrics import Metrics
+from syncd.push.audit import AuditLog
 from syncd.push.inbox import Inbox
-from syncd.push.receiver import create_receiver_app, uvicorn_config
+from syncd.push.receiver_app import ReceiverApp, create_receiver_app, uvicorn_config
 from syncd.signatures import sign
 from syncd.store.db import Store, Writer
 
@@ -76,7 +76,7 @@ class RunningReceiver:
     db_path: Path
     writer: Writer
     inbox: Inbox
-    app: Starlette
+    app: ReceiverApp
     metrics: Metrics
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -88,11 +88,11 @@ class RunningReceiver:
             conn.close()
 
     async def flush_audit(self) -> None:
-        await self.app.state.audit.flush()
+        await self.app.audit.flush()
 
 
 @asynccontextmanager
-async def serve_app(app: Starlette, cfg: WebhookConfig) -> AsyncIterator[tuple[str, int]]:
+async def serve_app(app: ReceiverApp, cfg: WebhookConfig) -> AsyncIterator[tuple[str, int]]:
     """Run `app` on a real uvicorn server bound to a free loopback port, as a task."""
     sock = free_socket()
     host, port = sock.getsockname()
@@ -127,7 +127,9 @@ async def running_receiver(
     inbox = Inbox(writer, max_waiting=max_waiting, metrics=metrics)
     await inbox.start()
     extra = {"clock": clock} if clock is not None else {}
-    app = create_receiver_app(cfg, secrets, inbox, writer, metrics=metrics, **extra)
+    app = create_receiver_app(
+        cfg, secrets, inbox, AuditLog(writer, metrics=metrics), metrics=metrics, **extra
+    )
     try:
         async with serve_app(app, cfg) as (host, port):
             yield RunningReceiver(

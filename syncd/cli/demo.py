@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from syncd.config import parse_duration
+from syncd.config_values import parse_duration
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from syncd.config import Config, load_config
 from syncd.core.records import KNOWN_EVENTS
+from syncd.demo.daemon_process import DaemonProcess
+from syncd.demo.observe import format_age, observe
 from syncd.demo.report import RunResult, compare_table, drift, latencies, verdict
-from syncd.errors import SyncdError
-from syncd.ops.status import collect_status
 from syncd.sim.config import FaultConfig, SimConfig
 from syncd.sim.server import SimHandle, free_port
 
@@ -103,85 +100,6 @@ level = "info"
     )
 
 
-class DaemonProcess:
-    """`syncd run` as a child process, stopped with SIGTERM like systemd would."""
-
-    def __init__(self, config: Path, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "run", "--config", str(config)],
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # Its own process group: Ctrl-C in the terminal reaches the demo, which then stops
-            # the daemon in order instead of both racing.
-            start_new_session=True,
-        )
-
-    def wait_ready(self, admin_url: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {self.proc.returncode}; see {self.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{admin_url}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"the daemon did not become healthy within {timeout:.0f}s; see {self.log_path}")
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
-def format_age(seconds: float) -> str:
-    """12.3s, 4m05s, 3h12m, 12d04h: a cursor lag read at a glance."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d{hours:02d}h"
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-@dataclass
-class Observed:
-    """What an operator sees of the daemon: `syncd status` and the admin `/metrics`."""
-
-    status: dict[str, Any] | None
-    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` whose labels include `labels`."""
-        want = set(labels.items())
-        return sum(v for (n, ls), v in self.metrics.items() if n == name and want <= set(ls))
-
-
-def observe(settings: Config, admin_url: str) -> Observed:
-    status: dict[str, Any] | None = None
-    with contextlib.suppress(SyncdError, sqlite3.Error):
-        # Before the daemon has created its store there is nothing to report yet.
-        status = collect_status(settings)
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    with contextlib.suppress(httpx.HTTPError):
-        text = httpx.get(f"{admin_url}/metrics", timeout=2).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return Observed(status, samples)
-
-
 @dataclass(frozen=True)
 class DemoEnv:
     config: Path
@@ -231,10 +149,12 @@ class Demo:
             poll_interval=self.options.poll_interval,
         )
         env = {"SYNCD_DEMO_API_KEY": sim.api_key, "SYNCD_DEMO_WEBHOOK_SECRET": secret}
-        daemon = DaemonProcess(config, env, workdir / f"{mode}-daemon.log")
+        daemon = DaemonProcess(
+            config, {**os.environ, **env}, workdir / f"{mode}-daemon.log", own_session=True
+        )
         admin_url = f"http://127.0.0.1:{admin_port}"
         try:
-            daemon.wait_ready(admin_url)
+            daemon.wait_healthy(admin_url)
             settings = load_config(config, require_secrets=False)
             initial = self._wait_initial_sync(settings, admin_url)
             if mode == "push":

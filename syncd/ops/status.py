@@ -20,7 +20,8 @@ from rich.text import Text
 
 from syncd.config import Config
 from syncd.errors import StoreError
-from syncd.poll.poller import META_RELIST_HELD, cursor_problem
+from syncd.poll.cursor import cursor_problem
+from syncd.poll.listing_guards import META_RELIST_HELD
 from syncd.store.db import MIRROR_RESOURCES, OPEN_DEAD_LETTER_SQL, Store, dead_letter_counts
 from syncd.timefmt import format_epoch as utc_iso
 from syncd.timefmt import try_epoch

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from syncd.errors import CursorExpiredError
-from syncd.poll.poller import PagingGuard
+from syncd.poll.listing_guards import PagingGuard
 from syncd.store.db import quote
 
 if TYPE_CHECKING:

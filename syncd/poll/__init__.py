@@ -1,2 +1,2 @@
-"""The polling path: poller, scheduler, progress.
+"""The polling path: poller, cursor trust, listing guards, its writer transactions, scheduler, progress.
 Imports syncd.store, syncd.core and the shared modules."""

@@ -7,7 +7,7 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from syncd.config import Network
+from syncd.config_values import Network
 
 
 def in_networks(address: str, networks: Sequence[Network]) -> bool:

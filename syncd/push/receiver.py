@@ -14,8 +14,8 @@ Before any of this the listener's protocol (syncd.push.http_limits) bounds the r
 (header timeout, size and count caps: 431) and evicts idle connections. Rejected requests
 are audited and logged through a per-client sampler, so one client cannot fill the disk.
 
-The endpoint is a raw ASGI callable inside Starlette: the hot path builds no Request or
-Response objects, which keeps the receiver close to the framework's ceiling.
+The endpoint is a raw ASGI callable: the hot path builds no Request or Response objects.
+The app around it (lifespan, routing to the audited 404) is syncd.push.receiver_app.
 """
 
 from __future__ import annotations
@@ -25,27 +25,21 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
-from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from syncd import jsonparse
 from syncd.config import WebhookConfig
 from syncd.core.records import MAX_JSON_DEPTH, envelope_from_object, json_depth_ok
-from syncd.errors import ConfigError, RecordError
+from syncd.errors import RecordError
 from syncd.metrics import Metrics
 from syncd.push.admission import RateLimiter, in_networks, json_content_type, resolve_client
 from syncd.push.audit import AuditLog, AuditRow, RejectionSampler
-from syncd.push.http_limits import HeadLimits, guarded_protocol
 from syncd.push.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
-from syncd.signatures import LowercaseHeaders, Verifier, make_verifier
-from syncd.store.db import Writer
+from syncd.signatures import Verifier, make_verifier
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +133,10 @@ class WebhookReceiver:
 
     def update_settings(self, cfg: WebhookConfig, secrets: Sequence[str]) -> None:
         """Swap secrets, limits and allowlists at once (SIGHUP). Raises ValueError, keeping
-        the old settings, when the new secrets are unusable. The path and listen address
-        need a restart."""
+        the old settings, when the new secrets are unusable. The listener's own limits are
+        fixed when it starts, so a change to them is named for the operator; the path and
+        listen address never change here (a reload keeps them as started)."""
         new = ReceiverSettings.build(cfg, secrets)
-        if cfg.path != self.settings.cfg.path:
-            log.warning("webhook.path changed to %s; it takes effect after a restart", cfg.path)
         old = self.settings.cfg
         for key in _LISTENER_KEYS:
             if getattr(cfg, key) != getattr(old, key):
@@ -242,7 +235,7 @@ class WebhookReceiver:
         s = self.settings
         cfg = s.cfg
         # ASGI servers deliver header names in lower case.
-        headers = LowercaseHeaders([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]])
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         peer = (scope.get("client") or ("", 0))[0]
         client = resolve_client(peer, headers.get("x-forwarded-for"), cfg.trusted_proxies)
         size = 0
@@ -344,97 +337,3 @@ def _too_deep(body: bytes) -> tuple[str, str | None, None]:
 
 class _Disconnected(Exception):
     """The client went away before the body was complete."""
-
-
-class _ReceiverApp(Starlette):
-    """Starlette, except that the webhook path goes straight to its endpoint. The endpoint
-    answers every outcome itself, so the middleware stack (error pages, exception
-    handlers, routing) would only add per-request work on the one path that carries load;
-    every other path, and the lifespan, go through Starlette as usual."""
-
-    def __init__(self, path: str, endpoint: WebhookReceiver, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._fast_path = path
-        self._endpoint = endpoint
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self._fast_path and not scope.get("root_path"):
-            scope["app"] = self
-            await self._endpoint(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
-
-
-def create_receiver_app(
-    cfg: WebhookConfig,
-    secrets: tuple[str, ...],
-    inbox: Inbox,
-    writer: Writer,
-    *,
-    metrics: Metrics | None = None,
-    clock: Callable[[], float] = time.time,
-    audit: AuditLog | None = None,
-) -> Starlette:
-    """The public app: `cfg.path` only. `app.state.update_settings(cfg, secrets)` reloads;
-    `app.state.audit` is the audit log (started and flushed with the app's lifespan)."""
-    audit_log = audit or AuditLog(writer, metrics=metrics)
-    receiver = WebhookReceiver(
-        ReceiverSettings.build(cfg, secrets), inbox, audit_log, metrics=metrics, clock=clock
-    )
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await audit_log.start()
-        try:
-            yield
-        finally:
-            await audit_log.stop()
-
-    app = _ReceiverApp(cfg.path, receiver, routes=[Route(cfg.path, endpoint=receiver)], lifespan=lifespan)
-    # Only the exact path exists: no redirect from "/path/" and every miss is audited.
-    app.router.redirect_slashes = False
-    app.router.default = receiver.not_found
-    app.state.receiver = receiver
-    app.state.audit = audit_log
-    app.state.update_settings = receiver.update_settings
-    return app
-
-
-def uvicorn_config(
-    app: Starlette,
-    cfg: WebhookConfig,
-    *,
-    fd: int | None = None,
-    log_level: str = "warning",
-    limit_concurrency: int | None = 4096,
-) -> uvicorn.Config:
-    """uvicorn settings for the public listener: uvloop/httptools when installed, TLS when
-    `webhook.tls_cert`/`tls_key` are set, and `fd` for a socket passed by systemd.
-    Proxy headers are off: the receiver applies its own `trusted_proxies` rule."""
-    kwargs: dict[str, Any] = {
-        # uvloop and httptools (uvicorn[standard]): the C event loop and parser roughly
-        # halve the per-request cost of the pure-Python ones.
-        "loop": "uvloop",
-        # uvicorn's httptools protocol with header timeout, head caps and idle eviction.
-        "http": guarded_protocol(
-            HeadLimits(cfg.header_timeout, cfg.max_header_bytes, cfg.max_headers, cfg.max_connections)
-        ),
-        "timeout_keep_alive": cfg.idle_timeout,
-        "lifespan": "on",
-        "access_log": False,
-        "server_header": False,
-        "proxy_headers": False,
-        "log_level": log_level,
-        "log_config": None,
-        "limit_concurrency": limit_concurrency,
-        "timeout_graceful_shutdown": 5,
-    }
-    if fd is not None:
-        kwargs["fd"] = fd
-    else:
-        kwargs["host"], kwargs["port"] = cfg.listen.host, cfg.listen.port
-    if cfg.tls_cert or cfg.tls_key:
-        if not (cfg.tls_cert and cfg.tls_key):
-            raise ConfigError("<config>", "webhook.tls_cert", "tls_cert and tls_key must be set together")
-        kwargs["ssl_certfile"], kwargs["ssl_keyfile"] = cfg.tls_cert, cfg.tls_key
-    return uvicorn.Config(app, **kwargs)

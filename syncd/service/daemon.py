@@ -33,10 +33,11 @@ from syncd.metrics import Metrics
 from syncd.ops import status as status_keys
 from syncd.poll.poller import Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
+from syncd.push.audit import AuditLog
 from syncd.push.inbox import Inbox
 from syncd.push.inbox_worker import InboxWorker
-from syncd.push.receiver import WebhookReceiver, create_receiver_app
-from syncd.push.receiver import uvicorn_config as receiver_uvicorn_config
+from syncd.push.receiver_app import create_receiver_app
+from syncd.push.receiver_app import uvicorn_config as receiver_uvicorn_config
 from syncd.service.admin import AdminProbe, create_admin_app
 from syncd.service.gc_tuning import serving_heap
 from syncd.service.listeners import DaemonServer, bind_listener, take_activated_sockets
@@ -267,11 +268,11 @@ class Daemon:
         await inbox.start()
         stops.push_async_callback(lambda: budget.bounded(inbox.stop(), "inbox"))
         inbox.add_commit_listener(worker.wake)
+        audit = AuditLog(writer, metrics=self.metrics)
         app = create_receiver_app(
-            cfg.webhook, cfg.secrets.webhook_secrets, inbox, writer, metrics=self.metrics
+            cfg.webhook, cfg.secrets.webhook_secrets, inbox, audit, metrics=self.metrics
         )
-        receiver = app.state.receiver
-        assert isinstance(receiver, WebhookReceiver)
+        receiver = app.receiver
         sock = activated.get("webhook") or bind_listener(cfg.webhook.listen)
         # Closed here if startup fails before the listener serves (stopping it closes it too).
         stops.callback(sock.close)

@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from syncd.config import ListenAddress
+from syncd.config_values import ListenAddress
 from syncd.service.systemd import listen_fds_with_names
 
 log = logging.getLogger(__name__)

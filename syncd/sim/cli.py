@@ -16,7 +16,7 @@ from typing import Any
 import click
 import uvicorn
 
-from syncd.config import parse_duration
+from syncd.config_values import parse_duration
 from syncd.errors import ConfigError
 from syncd.signatures import SCHEMES
 from syncd.sim.app import create_app

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,6 @@ from syncd.core.records import Change, Source
 from syncd.store.db import Store, StoredState
 
 FAR_FUTURE = "9999-12-31T00:00:00.000Z"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "mirror.db")
-    yield s
-    s.close()
 
 
 def change(

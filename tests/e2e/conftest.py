@@ -34,6 +34,7 @@ import httpx
 import pytest
 
 from syncd.config import load_config
+from syncd.demo import daemon_process
 from syncd.ops.status import collect_status
 from syncd.sim.cli import READY_PREFIX
 
@@ -222,7 +223,10 @@ def daemon_sections(sim_url: str, workdir: Path, mode: str = "push") -> dict[str
     }
 
 
-class DaemonProcess:
+class DaemonProcess(daemon_process.DaemonProcess):
+    """The daemon a test runs: a generated config in `workdir`, the test credentials in a
+    clean environment (no systemd variables of the test runner), and ways to read it."""
+
     def __init__(
         self,
         workdir: Path,
@@ -232,14 +236,17 @@ class DaemonProcess:
         wait_ready: bool = True,
     ) -> None:
         self.workdir = workdir
-        self.config_path = workdir / "syncd.toml"
         self.sections = sections
+        config_path = workdir / "syncd.toml"
+        self.config_path = config_path
         self.write_config(sections)
         # `status()` reads through its own file, so a test may break the daemon's on purpose.
         self._status_config = workdir / "status.toml"
         self._status_config.write_text(to_toml({"store": sections["store"], "sync": sections["sync"]}))
-        self.log_path = workdir / "daemon.log"
-        self._log = self.log_path.open("w")
+        log_path = workdir / "daemon.log"
+        # A daemon started again in the same workdir begins its own log: ready lines and
+        # listeners of the one before must not be read as its own.
+        log_path.write_text("")
         full_env = {
             k: v
             for k, v in os.environ.items()
@@ -249,22 +256,13 @@ class DaemonProcess:
             {"PETSTORE_API_KEY": API_KEY, "PETSTORE_WEBHOOK_SECRET": WEBHOOK_SECRET, "PYTHONUNBUFFERED": "1"}
         )
         full_env.update(env or {})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "run", "--config", str(self.config_path)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-        )
+        super().__init__(config_path, full_env, log_path)
         self.admin_url = ""
         self.webhook_url: str | None = None
         if wait_ready:
             ready = self.wait_log(lambda r: "listeners" in r, START_TIMEOUT, what="the daemon's ready line")
             self.admin_url = ready["listeners"]["admin"]
             self.webhook_url = ready["listeners"].get("webhook")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def write_config(self, sections: dict[str, dict[str, Any]] | str) -> None:
         text = sections if isinstance(sections, str) else to_toml(sections)
@@ -330,24 +328,11 @@ class DaemonProcess:
     def metrics_text(self) -> str:
         return httpx.get(self.admin_url + "/metrics", timeout=5).raise_for_status().text
 
-    def signal(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
     def wait_exit(self, timeout: float) -> int:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"daemon did not exit within {timeout:g}s") from None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 def mirror_covers(truth: dict[str, dict[str, int]], mirror: dict[str, dict[str, int]]) -> bool:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import stamina
 from click.testing import CliRunner
 
 from syncd import timefmt
@@ -24,7 +23,8 @@ from syncd.config import Config
 from syncd.errors import ListingLoopError
 from syncd.metrics import Metrics
 from syncd.ops.status import collect_status
-from syncd.poll.poller import META_RELIST_HELD, Poller, PollResult
+from syncd.poll.listing_guards import META_RELIST_HELD
+from syncd.poll.poller import Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
 from syncd.sim.config import SimConfig
 from syncd.sim.server import running_simulator
@@ -36,10 +36,7 @@ from tests.poll_helpers import cursor_of, make_config, mirror_versions
 NOW = float(int(time.time()) - 86_400)
 
 
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=3, cap=True):
-        yield
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import stamina
 from click.testing import CliRunner
 
 from syncd.api import PetstoreClient
@@ -26,18 +25,12 @@ from tests.poll_helpers import cursor_of, drift, make_config, mirror_versions, w
 RESOURCES = ("orders", "customers", "inventory")
 
 
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=5, cap=True):
-        yield
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 @pytest.fixture
-def writer(tmp_path: Path) -> Iterator[Writer]:
-    w = Writer(lambda: Store(tmp_path / "mirror.db"))
-    w.start()
-    yield w
-    w.stop()
+def retry_attempts() -> int:
+    return 5
 
 
 class Recorder:

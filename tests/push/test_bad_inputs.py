@@ -153,8 +153,8 @@ async def test_old_secret_after_rotation_removed_it(tmp_path: Path) -> None:
         body = envelope("evt_old_ok")
         ok = await client.post(rx.url, content=body, headers=signed_headers(body, secret="old-secret"))
         assert ok.status_code == 200  # both secrets active during the rotation
-        app_state = rx.app.state
-        app_state.update_settings(app_state.receiver.settings.cfg, (SECRET,))
+        live = rx.app.receiver
+        live.update_settings(live.settings.cfg, (SECRET,))
         body = envelope("evt_old_late")
         response = await client.post(rx.url, content=body, headers=signed_headers(body, secret="old-secret"))
         assert response.status_code == 401
@@ -430,8 +430,8 @@ async def test_flood_from_one_ip(tmp_path: Path) -> None:
 
 def reconfigure(rx: RunningReceiver, **update: Any) -> None:
     """A SIGHUP-style settings swap on the running receiver."""
-    cfg = rx.app.state.receiver.settings.cfg
-    rx.app.state.update_settings(WebhookConfig.model_validate({**cfg.model_dump(), **update}), (SECRET,))
+    cfg = rx.app.receiver.settings.cfg
+    rx.app.receiver.update_settings(WebhookConfig.model_validate({**cfg.model_dump(), **update}), (SECRET,))
 
 
 async def test_request_from_a_disallowed_ip(tmp_path: Path) -> None:

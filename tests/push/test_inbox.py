@@ -29,14 +29,6 @@ def delivery(event_id: str, received_at: float = 1000.0, event_type: str = "orde
     )
 
 
-@pytest.fixture
-def writer(tmp_path: Path):  # type: ignore[no-untyped-def]
-    w = Writer(lambda: Store(tmp_path / "mirror.db"))
-    w.start()
-    yield w
-    w.stop()
-
-
 async def test_concurrent_deliveries_share_few_commits_and_survive_reopen(
     tmp_path: Path, writer: Writer
 ) -> None:

@@ -15,7 +15,7 @@ from syncd.api import PetstoreClient
 from syncd.metrics import Metrics
 from syncd.push.inbox import Delivery, Inbox
 from syncd.push.inbox_worker import InboxWorker, replay_dead_letters
-from syncd.store.db import Store, Writer
+from syncd.store.db import Writer
 from tests.webhook_support import envelope, order, read_db
 
 API = "http://api.test/v1"
@@ -27,14 +27,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
-    w = Writer(lambda: Store(tmp_path / "mirror.db"))
-    w.start()
-    yield w
-    w.stop()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from syncd.cli import main
 from syncd.config import WebhookConfig, load_config
 from syncd.push.admission import RateLimiter, resolve_client
 from syncd.push.inbox_worker import InboxWorker
-from syncd.push.receiver import uvicorn_config
+from syncd.push.receiver_app import uvicorn_config
 from tests.webhook_support import PATH, SECRET, envelope, read_db, running_receiver, signed_headers
 
 
@@ -259,7 +259,8 @@ import asyncio, socket, sys
 import uvicorn
 from syncd.config import WebhookConfig
 from syncd.push.inbox import Inbox
-from syncd.push.receiver import create_receiver_app, uvicorn_config
+from syncd.push.audit import AuditLog
+from syncd.push.receiver_app import create_receiver_app, uvicorn_config
 from syncd.store.db import Store, Writer
 from syncd.push.inbox_worker import InboxWorker
 
@@ -269,7 +270,7 @@ async def main(db, port):
     inbox = Inbox(writer); worker = InboxWorker(writer, None, fetch_thin=False)
     inbox.add_commit_listener(worker.wake)
     await inbox.start(); asyncio.create_task(worker.run())
-    await uvicorn.Server(uvicorn_config(create_receiver_app(cfg, ("{SECRET}",), inbox, writer), cfg)).serve()
+    await uvicorn.Server(uvicorn_config(create_receiver_app(cfg, ("{SECRET}",), inbox, AuditLog(writer)), cfg)).serve()
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """

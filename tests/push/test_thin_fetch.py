@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import stamina
 
 from syncd.api import PetstoreClient
 from syncd.budget import RequestBudget
@@ -19,7 +18,7 @@ from syncd.metrics import Metrics
 from syncd.poll.poller import Poller
 from syncd.push.inbox import Delivery, Inbox
 from syncd.push.inbox_worker import InboxWorker
-from syncd.store.db import Store, Writer
+from syncd.store.db import Writer
 from tests.fake_clocks import FastForward, ManualClock
 from tests.hostile_api import HostileApi, Seen, http_response
 from tests.poll_helpers import make_config
@@ -28,18 +27,7 @@ from tests.webhook_support import envelope, order, read_db
 RECEIVED = 1_700_000_000.0
 
 
-@pytest.fixture(autouse=True)
-def no_backoff() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=3, cap=True):
-        yield
-
-
-@pytest.fixture
-def writer(tmp_path: Path) -> Iterator[Writer]:
-    w = Writer(lambda: Store(tmp_path / "mirror.db"))
-    w.start()
-    yield w
-    w.stop()
+pytestmark = pytest.mark.usefixtures("no_backoff")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from syncd.core.reconcile import Outcome, apply_batch
 from syncd.core.records import Change, parse_record
 from syncd.errors import RecordError
-from syncd.poll.poller import Rejected, _commit_page
+from syncd.poll.transactions import Rejected, commit_page
 from syncd.push.inbox_worker import EventProcessor, Pending, settle
 from syncd.store.db import Store
 from tests.webhook_support import order
@@ -149,7 +149,7 @@ def test_any_listing_page_is_mirrored_or_dead_lettered(batch: tuple[Any, ...]) -
                 changes.append(parse_record("orders", obj, "poll"))
             except RecordError as exc:
                 rejected.append((obj, exc.reason, None))
-        result, _ = _commit_page(s, "orders", changes, None, None, NOW, rejected)
+        result, _ = commit_page(s, "orders", changes, None, None, NOW, rejected)
         invalid = [i for i, o in enumerate(result.outcomes) if o is Outcome.INVALID]
         assert set(invalid) == set(result.reasons)
         assert all(result.reasons.values())

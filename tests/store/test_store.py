@@ -1,7 +1,6 @@
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,6 @@ from syncd.store.db import (
 )
 
 SYNCED = "2024-01-15T10:30:00.000Z"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "mirror.db")
-    yield s
-    s.close()
 
 
 def order(rid: int, version: int = 1, **extra: Any) -> dict[str, Any]:
