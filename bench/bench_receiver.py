@@ -114,7 +114,8 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
     from syncd.push.inbox_worker import InboxWorker
     from syncd.push.receiver import create_receiver_app, uvicorn_config
     from syncd.service.listeners import serving_heap
-    from syncd.store.db import Store, Writer
+    from syncd.store.db import Store
+    from syncd.store.writer import Writer
 
     cfg = WebhookConfig.model_validate(
         {"listen": f"127.0.0.1:{port}", "path": PATH, "rate_limit": "10000000/s"}

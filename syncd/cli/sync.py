@@ -20,7 +20,8 @@ from syncd.logs import setup_logging
 from syncd.ops.verify import VerifyReport, verify_resource
 from syncd.poll.poller import Poller, PollResult
 from syncd.poll.progress import make_progress
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 
 
 def _resources(cfg: Config, resource: str | None) -> tuple[str, ...]:

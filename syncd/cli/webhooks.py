@@ -18,7 +18,8 @@ from syncd.config import Config
 from syncd.core.records import KNOWN_EVENTS, TEST_EVENT
 from syncd.errors import SyncdError
 from syncd.push.inbox_worker import ReplayResult, replay_dead_letters
-from syncd.store.db import Store, running_writer
+from syncd.store.db import Store
+from syncd.store.writer import running_writer
 
 
 class WaitTimeoutError(SyncdError, TimeoutError):

@@ -10,7 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
-from syncd.store.db import MIRROR_RESOURCES, parse_iso
+from syncd.store.schema import MIRROR_RESOURCES
+from syncd.timefmt import to_epoch as parse_iso
 
 
 @dataclass

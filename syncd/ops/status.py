@@ -21,7 +21,8 @@ from rich.text import Text
 from syncd.config import Config
 from syncd.errors import StoreError
 from syncd.poll.poller import META_RELIST_HELD, cursor_problem
-from syncd.store.db import MIRROR_RESOURCES, OPEN_DEAD_LETTER_SQL, Store, dead_letter_counts
+from syncd.store.db import OPEN_DEAD_LETTER_SQL, Store, dead_letter_counts
+from syncd.store.schema import MIRROR_RESOURCES
 from syncd.timefmt import format_epoch as utc_iso
 from syncd.timefmt import try_epoch
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncd.errors import CursorExpiredError
 from syncd.poll.poller import PagingGuard
-from syncd.store.db import quote
+from syncd.store.schema import quote
 
 if TYPE_CHECKING:
     from syncd.api import PetstoreClient

@@ -45,11 +45,13 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Literal
 
 from syncd import timefmt
-from syncd.core.reconcile import BatchResult, Outcome, apply_batch
+from syncd.core.reconcile import BatchResult, Outcome
 from syncd.core.records import Change, parse_record
 from syncd.errors import CursorExpiredError, ListingLoopError, RecordError
 from syncd.poll.progress import ProgressReporter
-from syncd.store.db import CursorState, Store, Writer
+from syncd.store.apply import apply_batch
+from syncd.store.db import CursorState, Store
+from syncd.store.writer import Writer
 
 if TYPE_CHECKING:
     from syncd.api import Page, PetstoreClient
@@ -171,7 +173,7 @@ def _commit_page(
     The cursor is re-read here so a listing never moves it backwards past what another
     listing of the same resource committed meanwhile."""
     with store.db.atomic():
-        result = apply_batch(store, changes, listed=listed)
+        result = apply_batch(store, changes, synced_at=timefmt.format_epoch(), listed=listed)
         if listed is not None:
             # The listing did return these records: a relist must not tombstone an older
             # copy of one merely because the copy listed now cannot be stored.

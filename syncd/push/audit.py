@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 from syncd.metrics import Metrics
 from syncd.push.inbox import replayable_transaction
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ import orjson
 from syncd.core.records import resource_for_event
 from syncd.errors import StoreClosedError, StoreError, SyncdError
 from syncd.metrics import Metrics
-from syncd.store.db import Store, Writer, insert_values
+from syncd.store.db import Store, insert_values
+from syncd.store.writer import Writer
 
 log = logging.getLogger(__name__)
 

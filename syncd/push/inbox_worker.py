@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from syncd.core.reconcile import Outcome, apply_batch
+from syncd.core.reconcile import Outcome
 from syncd.core.records import (
     TEST_EVENT,
     Change,
@@ -46,7 +46,10 @@ from syncd.core.records import (
 from syncd.errors import RecordError
 from syncd.metrics import Metrics
 from syncd.push.inbox import parsed_bodies, replayable_transaction
-from syncd.store.db import OPEN_DEAD_LETTER_SQL, Store, Writer
+from syncd.store.apply import apply_batch
+from syncd.store.db import OPEN_DEAD_LETTER_SQL, Store
+from syncd.store.writer import Writer
+from syncd.timefmt import format_epoch
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +332,9 @@ def settle(store: Store, settled: Sequence[Settled], now: float) -> list[str]:
         done = [s for s in settled if s.outcome != RETRY]
         changes = [s for s in done if s.change is not None]
         if changes:
-            result = apply_batch(store, [s.change for s in changes if s.change is not None])
+            result = apply_batch(
+                store, [s.change for s in changes if s.change is not None], synced_at=format_epoch()
+            )
             for i, (s, outcome) in enumerate(zip(changes, result.outcomes, strict=True)):
                 s.outcome = outcome.value
                 if i in result.reasons:

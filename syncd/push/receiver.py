@@ -45,7 +45,7 @@ from syncd.push.audit import AuditLog, AuditRow, RejectionSampler
 from syncd.push.http_limits import HeadLimits, guarded_protocol
 from syncd.push.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
 from syncd.signatures import LowercaseHeaders, Verifier, make_verifier
-from syncd.store.db import Writer
+from syncd.store.writer import Writer
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,10 @@ from syncd.service.admin import ReadinessInputs, create_admin_app
 from syncd.service.listeners import DaemonServer, bind_listener, serving_heap, take_activated_sockets
 from syncd.service.reload import apply_live, changed_keys, restart_only_changes
 from syncd.service.systemd import Notifier, watchdog_loop
-from syncd.store.db import Store, Writer, utc_iso
+from syncd.store.db import Store
 from syncd.store.guard import FileIdentity, StoreLock, identity_problem
+from syncd.store.writer import Writer
+from syncd.timefmt import format_epoch as utc_iso
 from syncd.timefmt import try_epoch
 
 log = logging.getLogger(__name__)

@@ -17,49 +17,17 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlite_utils
 
 from syncd.core.records import AUTHORITY
+from syncd.core.values import PLAIN_TYPES, StoredState, storable_text, to_column_value
 from syncd.errors import ColumnLimitError, StoreError
-
-# The schema and the writer thread live in their own modules; their names stay importable
-# from here, where the rest of syncd has always found them.
-from syncd.store.schema import BOOKKEEPING_COLUMNS as BOOKKEEPING_COLUMNS
-from syncd.store.schema import CONTRACT_FIELDS as CONTRACT_FIELDS
-from syncd.store.schema import MIGRATIONS as MIGRATIONS
-from syncd.store.schema import MIRROR_RESOURCES as MIRROR_RESOURCES
-from syncd.store.schema import PLAIN_TYPES as PLAIN_TYPES
-from syncd.store.schema import RESERVED_FIELDS as RESERVED_FIELDS
-from syncd.store.schema import SCHEMA_VERSION as SCHEMA_VERSION
-from syncd.store.schema import column_for, field_key, fold, storable_text
-from syncd.store.schema import quote as quote
-from syncd.store.schema import to_column_value as to_column_value
-from syncd.store.schema import to_json_text as to_json_text
-from syncd.store.schema import to_stored_value as to_stored_value
-from syncd.store.writer import Writer as Writer
-from syncd.timefmt import format_epoch, to_epoch, try_epoch
-
-# Older names of syncd.timefmt's functions, still imported from here.
-utc_iso = format_epoch
-parse_iso = to_epoch
-
-
-class StoredState(NamedTuple):
-    """What the reconciler needs to know of a stored record. `content` (field -> column value,
-    NULLs dropped) is loaded only when a decision needs it (same version seen again).
-    `authority` is the highest authority that has shown this state; None means that of
-    `source`. A named tuple: one is built per record looked up, in the apply hot path."""
-
-    version: int
-    deleted: bool
-    source: str
-    content: Mapping[str, Any] | None = None
-    authority: int | None = None
+from syncd.store.schema import MIGRATIONS, RESERVED_FIELDS, SCHEMA_VERSION, column_for, field_key, fold, quote
+from syncd.timefmt import to_epoch, try_epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +312,7 @@ class Store:
 
     @staticmethod
     def _unlisted_args(generation: int, spare_since: str) -> tuple[int, float, float]:
-        spare = parse_iso(spare_since)
+        spare = to_epoch(spare_since)
         return generation, spare, spare
 
     def mirror_counts(self, resource: str) -> tuple[int, int]:
@@ -546,13 +514,3 @@ def insert_values(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[A
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-@contextmanager
-def running_writer(path: str | Path) -> Iterator[Writer]:
-    writer = Writer(lambda: Store(path))
-    writer.start()
-    try:
-        yield writer
-    finally:
-        writer.stop()

@@ -14,10 +14,13 @@ from click.testing import CliRunner
 
 from syncd.cli import main
 from syncd.config import Config, load_config
-from syncd.core.reconcile import apply_batch
 from syncd.core.records import Change
 from syncd.ops import status as st
-from syncd.store.db import Store, parse_iso, utc_iso
+from syncd.store.apply import apply_batch
+from syncd.store.db import Store
+from syncd.timefmt import format_epoch
+from syncd.timefmt import format_epoch as utc_iso
+from syncd.timefmt import to_epoch as parse_iso
 
 NOW = 1_800_000_000.0
 
@@ -45,6 +48,7 @@ def populate(store: Store) -> None:
                 Change("orders", 2, 1, utc_iso(NOW - 20), {"id": 2, "version": 1}, "webhook"),
                 Change("customers", "cus_1", 1, utc_iso(NOW - 5), {"id": "cus_1", "version": 1}, "poll"),
             ],
+            synced_at=format_epoch(),
         )
         store.conn.execute("UPDATE orders SET _deleted=1 WHERE id=2")
         store.set_cursor("orders", utc_iso(NOW - 30))

@@ -28,7 +28,8 @@ from syncd.poll.poller import META_RELIST_HELD, Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
 from syncd.sim.config import SimConfig
 from syncd.sim.server import running_simulator
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 from tests.hostile_listing import API_KEY, Listing, running_hostile_api
 from tests.poll_helpers import cursor_of, make_config, mirror_versions
 

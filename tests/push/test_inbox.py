@@ -14,7 +14,8 @@ import pytest
 from syncd.metrics import Metrics
 from syncd.push.audit import AuditLog, AuditRow
 from syncd.push.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 from tests.webhook_support import envelope, read_db
 
 

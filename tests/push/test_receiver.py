@@ -260,7 +260,8 @@ import uvicorn
 from syncd.config import WebhookConfig
 from syncd.push.inbox import Inbox
 from syncd.push.receiver import create_receiver_app, uvicorn_config
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 from syncd.push.inbox_worker import InboxWorker
 
 async def main(db, port):

@@ -21,7 +21,8 @@ from syncd.service.daemon import EXIT_FAILURE, Daemon
 from syncd.service.systemd import Notifier
 from syncd.sim.config import SimConfig
 from syncd.sim.server import SimHandle, running_simulator
-from syncd.store.db import Store, utc_iso
+from syncd.store.db import Store
+from syncd.timefmt import format_epoch as utc_iso
 from tests.webhook_support import PATH, SECRET, signed_headers
 
 WAIT = 30.0

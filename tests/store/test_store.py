@@ -9,22 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.core.reconcile import apply_batch
 from syncd.core.records import parse_record
+from syncd.core.values import to_column_value, to_json_text
 from syncd.errors import StoreClosedError, StoreError
-from syncd.store.db import (
-    BOOKKEEPING_COLUMNS,
-    MIRROR_RESOURCES,
-    SCHEMA_VERSION,
-    Store,
-    Writer,
-    insert_values,
-    parse_iso,
-    running_writer,
-    to_column_value,
-    to_json_text,
-    utc_iso,
-)
+from syncd.store.apply import apply_batch
+from syncd.store.db import Store, insert_values
+from syncd.store.schema import BOOKKEEPING_COLUMNS, MIRROR_RESOURCES, SCHEMA_VERSION
+from syncd.store.writer import Writer, running_writer
+from syncd.timefmt import format_epoch
+from syncd.timefmt import format_epoch as utc_iso
+from syncd.timefmt import to_epoch as parse_iso
 
 SYNCED = "2024-01-15T10:30:00.000Z"
 
@@ -139,9 +133,15 @@ def test_migration_to_version_5_maps_the_columns_fields_already_have(tmp_path: P
         assert all(field == col for field, col in mapping.items())
         assert not set(mapping) & set(BOOKKEEPING_COLUMNS)
         # Stored before the migration, the record is still a duplicate of itself.
-        assert apply_batch(new, [parse_record("orders", record, "poll")]).counts == {"duplicate": 1}
+        assert apply_batch(
+            new, [parse_record("orders", record, "poll")], synced_at=format_epoch()
+        ).counts == {"duplicate": 1}
         # A bookkeeping name arriving now gets a mapped column next to the old ones.
-        apply_batch(new, [parse_record("orders", {**record, "version": 4, "_source": "x"}, "poll")])
+        apply_batch(
+            new,
+            [parse_record("orders", {**record, "version": 4, "_source": "x"}, "poll")],
+            synced_at=format_epoch(),
+        )
         assert new.field_columns("orders")["_source"] == "_source~2"
         assert row(new, "orders", 1)["_source"] == "poll"
     finally:
