@@ -198,9 +198,10 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
             worker.stop()
             await asyncio.gather(*tasks)
             await inbox.stop()
+            commits = metrics.registry.get_sample_value("syncd_inbox_group_commit_size_count") or 0
             print(
-                f"real: {inbox.committed} deliveries in {inbox.commits} inbox commits, "
-                f"{worker.processed} events applied in {worker.batches} worker batches",
+                f"real: {inbox.committed} deliveries in {commits:g} inbox commits, "
+                f"{worker.processed} events applied",
                 file=sys.stderr,
             )
         writer.stop()

@@ -17,8 +17,9 @@ from syncd.cli.common import config_option, load
 from syncd.config import Config
 from syncd.core.records import KNOWN_EVENTS, TEST_EVENT
 from syncd.errors import SyncdError
-from syncd.push.inbox_worker import ReplayResult, replay_dead_letters
+from syncd.push.replay import ReplayResult, replay_dead_letters
 from syncd.store.db import Store
+from syncd.store.events import first_event_of_type
 from syncd.store.writer import running_writer
 
 
@@ -108,14 +109,11 @@ def wait_for_test_event(store_path: str, since: float, timeout: float, *, interv
         if Path(store_path).exists():
             conn = Store.open_reader(store_path)
             try:
-                row = conn.execute(
-                    "SELECT event_id FROM _events WHERE event_type=? AND first_seen>=? ORDER BY first_seen LIMIT 1",
-                    (TEST_EVENT, since),
-                ).fetchone()
+                event_id = first_event_of_type(conn, TEST_EVENT, since)
             finally:
                 conn.close()
-            if row:
-                return str(row[0])
+            if event_id is not None:
+                return event_id
         if time.monotonic() >= deadline:
             raise TimeoutError
         time.sleep(interval)

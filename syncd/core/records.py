@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal
 
 from syncd import timefmt
@@ -41,6 +42,28 @@ KNOWN_EVENTS = frozenset(
     }
 )
 TEST_EVENT = "webhook.test"
+
+
+class EventOutcome(StrEnum):
+    """What became of a webhook event (`_events.outcome`, `syncd replay`, metrics labels)."""
+
+    PENDING = "pending"  # stored in the inbox, not yet processed
+    # The reconciler's outcomes (syncd.core.reconcile.Outcome), for an event that had a change.
+    APPLIED = "applied"
+    RESURRECTED = "resurrected"
+    CONFLICT = "conflict"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+    INVALID = "invalid"  # could not be parsed or stored: kept as a dead letter
+    # Events that carry no change for the mirror.
+    TEST = "test"  # webhook.test
+    IGNORED = "ignored"  # an event type syncd does not know
+    GONE = "gone"  # thin event whose record the API no longer has
+    UNFETCHED = "unfetched"  # thin event not fetched (fetching is off): the poll brings it
+    #: Never stored: a thin event whose fetch failed stays in the inbox, to be retried.
+    RETRY = "retry"
+
+
 #: SQLite's integers are 64-bit: an id or version beyond that could not be stored or compared.
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 

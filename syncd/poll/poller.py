@@ -50,7 +50,11 @@ from syncd.core.records import Change, parse_record
 from syncd.errors import CursorExpiredError, ListingLoopError, RecordError
 from syncd.poll.progress import ProgressReporter
 from syncd.store.apply import apply_batch
-from syncd.store.db import CursorState, Store
+from syncd.store.cursors import CursorState
+from syncd.store.db import Store
+from syncd.store.dead_letters import add_dead_letter
+from syncd.store.mirror import mirror_counts
+from syncd.store.schema import META_RELIST_HELD
 from syncd.store.writer import Writer
 
 if TYPE_CHECKING:
@@ -69,8 +73,6 @@ MAX_CURSOR_RESTARTS = 20
 CURSORS_REMEMBERED = 1024
 #: Far-future records remembered so each is counted and logged once, not on every poll.
 FUTURE_REMEMBERED = 4096
-#: `_meta` key prefix of a relist held back, per resource (read by syncd status).
-META_RELIST_HELD = "relist_held_back:"
 
 Kind = Literal["incremental", "full"]
 
@@ -181,7 +183,8 @@ def _commit_page(
             spared += [changes[i].id for i in result.reasons]
             _mark_listed_where_possible(store, resource, spared, listed)
         for obj, reason, record_id in rejected or ():
-            store.add_dead_letter(
+            add_dead_letter(
+                store.conn,
                 None,
                 None,
                 polled_at,
@@ -193,7 +196,8 @@ def _commit_page(
             )
         for i, reason in result.reasons.items():
             change = changes[i]
-            store.add_dead_letter(
+            add_dead_letter(
+                store.conn,
                 None,
                 None,
                 polled_at,
@@ -283,7 +287,7 @@ def _start_relist(
     with store.db.atomic():
         generation = state.relist_generation + 1
         store.update_cursor_meta(resource, relist_generation=generation)
-        live, _ = store.mirror_counts(resource)
+        live, _ = mirror_counts(store.conn, resource)
     return generation, state.cursor, live, problem
 
 

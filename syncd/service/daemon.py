@@ -30,7 +30,6 @@ from syncd.core.health import Switch, WebhookHealth
 from syncd.errors import ConfigError, StoreClosedError, StoreError, SyncdError
 from syncd.logs import SecretRedactor, set_level, setup_logging
 from syncd.metrics import Metrics
-from syncd.ops import status as status_keys
 from syncd.poll.poller import Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
 from syncd.push.inbox import Inbox
@@ -41,7 +40,9 @@ from syncd.service.admin import ReadinessInputs, create_admin_app
 from syncd.service.listeners import DaemonServer, bind_listener, serving_heap, take_activated_sockets
 from syncd.service.reload import apply_live, changed_keys, restart_only_changes
 from syncd.service.systemd import Notifier, watchdog_loop
+from syncd.store import schema as status_keys
 from syncd.store.db import Store
+from syncd.store.events import prune
 from syncd.store.guard import FileIdentity, StoreLock, identity_problem
 from syncd.store.writer import Writer
 from syncd.timefmt import format_epoch as utc_iso
@@ -83,7 +84,7 @@ def _cursor_snapshot(store: Store, resources: tuple[str, ...]) -> dict[str, tupl
 
 
 def _prune(store: Store, now: float, dedupe: float, audit: float) -> tuple[int, int]:
-    return store.prune(now, dedupe_retention=dedupe, audit_retention=audit)
+    return prune(store, now, dedupe_retention=dedupe, audit_retention=audit)
 
 
 class Daemon:

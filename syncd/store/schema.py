@@ -9,6 +9,20 @@ from collections.abc import Callable
 import sqlite_utils
 
 SCHEMA_VERSION = 5
+
+# -- _meta keys: written by the daemon and the poller, read by `syncd status` --------------
+META_SCHEMA_VERSION = "schema_version"
+META_MODE = "mode"
+META_MODE_REASON = "mode_reason"
+META_MODE_SINCE = "mode_since"
+META_MODE_SWITCHES = "mode_switches"
+META_DAEMON_PID = "daemon_pid"
+META_DAEMON_STARTED = "daemon_started_at"
+META_HEARTBEAT = "daemon_heartbeat_at"
+#: Prefix of a resource's key: why its last full relist was held back (mass delete).
+META_RELIST_HELD = "relist_held_back:"
+#: The daemon refreshes its heartbeat this often; status calls it stale after 3 periods.
+HEARTBEAT_PERIOD = 5.0
 MIRROR_RESOURCES = ("orders", "customers", "inventory")
 BOOKKEEPING_COLUMNS = (
     "_version",

@@ -51,7 +51,9 @@ async def test_concurrent_deliveries_share_few_commits_and_survive_reopen(
 
     assert results == ["accepted"] * n
     assert inbox.committed == n
-    assert inbox.commits <= n // 20, f"{inbox.commits} transactions for {n} deliveries"
+    commits = metrics.registry.get_sample_value("syncd_inbox_group_commit_size_count")
+    assert commits is not None
+    assert commits <= n // 20, f"{commits} transactions for {n} deliveries"
     assert metrics.registry.get_sample_value("syncd_inbox_group_commit_size_sum") == n
     # A fresh connection sees every acknowledged delivery.
     db = tmp_path / "mirror.db"
@@ -195,7 +197,7 @@ async def test_commit_listeners_are_told_only_about_new_events(writer: Writer) -
 
 
 async def test_replayable_transactions_skip_the_fsync_but_restore_full(writer: Writer) -> None:
-    from syncd.push.inbox import replayable_transaction
+    from syncd.store.db import replayable_transaction
 
     def levels(store: Store) -> tuple[int, int, int]:
         before = store.conn.execute("PRAGMA synchronous").fetchone()[0]

@@ -19,7 +19,8 @@ from syncd.core.reconcile import Outcome
 from syncd.core.records import Change, parse_record
 from syncd.errors import RecordError
 from syncd.poll.poller import Rejected, _commit_page
-from syncd.push.inbox_worker import EventProcessor, Pending, settle
+from syncd.push.inbox_worker import commit_outcomes
+from syncd.push.processor import EventProcessor, InboxItem
 from syncd.store.apply import apply_batch
 from syncd.store.db import Store
 from syncd.timefmt import format_epoch
@@ -177,7 +178,7 @@ def test_any_webhook_batch_is_mirrored_or_dead_lettered(batch: tuple[Any, ...]) 
     records = bad + good
     rnd.shuffle(records)
     items = [
-        Pending(
+        InboxItem(
             f"evt_{i}",
             NOW,
             json.dumps({"eventId": f"evt_{i}", "event": "order.updated", "data": record}).encode(),
@@ -187,7 +188,7 @@ def test_any_webhook_batch_is_mirrored_or_dead_lettered(batch: tuple[Any, ...]) 
     ]
     with store() as s:
         settled = asyncio.run(EventProcessor(None, fetch_thin=False).prepare(items))
-        outcomes = settle(s, settled, NOW)
+        outcomes = commit_outcomes(s, settled, NOW)
         assert len(outcomes) == len(items)
         invalid = {x.item.event_id: x.reason for x in settled if x.outcome == "invalid"}
         assert all(invalid.values())

@@ -35,7 +35,8 @@ from syncd.config import WebhookConfig
 from syncd.core.records import parse_record
 from syncd.ops.status import collect_status
 from syncd.poll.poller import Poller
-from syncd.push.inbox_worker import InboxWorker, replay_dead_letters
+from syncd.push.inbox_worker import InboxWorker
+from syncd.push.replay import replay_dead_letters
 from syncd.store.apply import apply_batch
 from syncd.store.db import Store
 from syncd.store.writer import Writer

@@ -13,8 +13,13 @@ from syncd.core.records import parse_record
 from syncd.core.values import to_column_value, to_json_text
 from syncd.errors import StoreClosedError, StoreError
 from syncd.store.apply import apply_batch
-from syncd.store.db import Store, insert_values
+from syncd.store.audit import add_audit
+from syncd.store.db import Store
+from syncd.store.dead_letters import add_dead_letter
+from syncd.store.events import known_events, prune
+from syncd.store.mirror import mirror_counts
 from syncd.store.schema import BOOKKEEPING_COLUMNS, MIRROR_RESOURCES, SCHEMA_VERSION
+from syncd.store.sql import insert_values
 from syncd.store.writer import Writer, running_writer
 from syncd.timefmt import format_epoch
 from syncd.timefmt import format_epoch as utc_iso
@@ -182,8 +187,8 @@ def test_migration_from_version_1_keeps_the_data(tmp_path: Path) -> None:
             "_deleted": 0,
             "_listed": 0,
         }
-        assert new.mirror_counts("orders") == (1, 1)
-        assert new.known_events(["evt_1", "evt_2"]) == {"evt_1"}
+        assert mirror_counts(new.conn, "orders") == (1, 1)
+        assert known_events(new.conn, ["evt_1", "evt_2"]) == {"evt_1"}
         cursor = new.cursor_state("orders")
         assert (cursor.cursor, cursor.relist_generation, cursor.last_changes) == (SYNCED, 0, 0)
         # The upgraded tables take new writes.
@@ -285,17 +290,16 @@ def test_unknown_resource_is_a_store_error(store: Store) -> None:
         store.columns("pets")
 
 
-def test_mirror_versions_and_counts(store: Store) -> None:
+def test_mirror_counts_live_and_tombstoned(store: Store) -> None:
     store.write_records("orders", [(order(i, i), i, "poll") for i in (1, 2, 3)], synced_at=SYNCED)
     store.conn.execute("UPDATE orders SET _deleted=1 WHERE id=2")
-    assert list(store.mirror_versions("orders")) == [(1, 1, False), (3, 3, False)]
-    assert list(store.mirror_versions("orders", include_deleted=True)) == [
-        (1, 1, False),
-        (2, 2, True),
-        (3, 3, False),
+    assert store.conn.execute("SELECT id, _version, _deleted FROM orders ORDER BY id").fetchall() == [
+        (1, 1, 0),
+        (2, 2, 1),
+        (3, 3, 0),
     ]
-    assert store.mirror_counts("orders") == (2, 1)
-    assert store.mirror_counts("customers") == (0, 0)
+    assert mirror_counts(store.conn, "orders") == (2, 1)
+    assert mirror_counts(store.conn, "customers") == (0, 0)
 
 
 # -- tombstones ------------------------------------------------------------------------------
@@ -395,14 +399,15 @@ def test_prune_forgets_old_events_and_audit_rows_but_never_pending_ones(store: S
             _event("recent", now - day, "applied"),
         ],
     )
-    store.add_audit(
+    add_audit(
+        store.conn,
         [
             (now - 8 * day, "127.0.0.1", "POST", "/webhooks/petstore", 401, "bad signature", None, 10),
             (now - 60, "127.0.0.1", "POST", "/webhooks/petstore", 200, "accepted", "recent", 99),
-        ]
+        ],
     )
-    assert store.prune(now, dedupe_retention=7 * day, audit_retention=7 * day) == (2, 1)
-    assert store.known_events(["old-applied", "old-stale", "old-pending", "recent"]) == {
+    assert prune(store, now, dedupe_retention=7 * day, audit_retention=7 * day) == (2, 1)
+    assert known_events(store.conn, ["old-applied", "old-stale", "old-pending", "recent"]) == {
         "old-pending",
         "recent",
     }
@@ -410,7 +415,7 @@ def test_prune_forgets_old_events_and_audit_rows_but_never_pending_ones(store: S
 
 
 def test_dead_letters_keep_the_body(store: Store) -> None:
-    store.add_dead_letter("evt_9", "order.created", 5.0, "version must be an integer", b'{"x":1}')
+    add_dead_letter(store.conn, "evt_9", "order.created", 5.0, "version must be an integer", b'{"x":1}')
     assert store.conn.execute("SELECT event_id, reason, body, replayed_at FROM _dead_letters").fetchall() == [
         ("evt_9", "version must be an integer", b'{"x":1}', None)
     ]
