@@ -14,7 +14,8 @@ import click
 
 from syncd.api import PetstoreClient
 from syncd.cli.common import EXIT_FAILURE, config_option, load
-from syncd.config import RESOURCES, Config
+from syncd.config import Config
+from syncd.contract import RESOURCES
 from syncd.errors import StoreError
 from syncd.logs import setup_logging
 from syncd.ops.verify import VerifyReport, verify_resource

@@ -15,7 +15,7 @@ import click
 from syncd.api import PetstoreClient
 from syncd.cli.common import config_option, load
 from syncd.config import Config
-from syncd.core.records import KNOWN_EVENTS, TEST_EVENT
+from syncd.contract import EVENTS, TEST_EVENT
 from syncd.errors import SyncdError
 from syncd.push.replay import ReplayResult, replay_dead_letters
 from syncd.store.db import Store
@@ -149,7 +149,7 @@ def register(
     target = secret_file or cfg.webhook.secret_file
     if not target and not show_secret:
         raise click.UsageError("give --secret-file PATH (or set webhook.secret_file), or --show-secret")
-    chosen = sorted(events) if events else sorted(KNOWN_EVENTS)
+    chosen = sorted(events) if events else sorted(EVENTS)
     started = time.time()
     endpoint = asyncio.run(_register(cfg, url or _default_url(cfg), chosen))
     secret = str(endpoint.get("secret", ""))

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from syncd import timefmt
+from syncd.contract import EVENTS
 from syncd.errors import RecordError
 
 Source = Literal["webhook", "poll", "fetch"]
@@ -29,19 +30,6 @@ AUTHORITY: dict[str, int] = {"webhook": 1, "poll": 2, "fetch": 2}
 
 #: Event type prefix -> resource, from the contract's event table.
 _EVENT_PREFIXES = {"order": "orders", "customer": "customers", "inventory": "inventory"}
-KNOWN_EVENTS = frozenset(
-    {
-        "order.created",
-        "order.updated",
-        "order.shipped",
-        "order.completed",
-        "order.cancelled",
-        "inventory.low",
-        "inventory.updated",
-        "customer.registered",
-    }
-)
-TEST_EVENT = "webhook.test"
 
 
 class EventOutcome(StrEnum):
@@ -102,7 +90,7 @@ class Envelope:
 
 def resource_for_event(event_type: str) -> str | None:
     """The resource an event type is about, or None when syncd does not know the type."""
-    if event_type in KNOWN_EVENTS:
+    if event_type in EVENTS:
         return _EVENT_PREFIXES[event_type.split(".", 1)[0]]
     return None
 

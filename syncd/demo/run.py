@@ -31,7 +31,7 @@ from rich.live import Live
 from rich.table import Table
 
 from syncd.config import Config, load_config
-from syncd.core.records import KNOWN_EVENTS
+from syncd.contract import EVENTS as KNOWN_EVENTS
 from syncd.demo.report import RunResult, compare_table, drift, latencies, verdict
 from syncd.errors import SyncdError
 from syncd.ops.status import collect_status

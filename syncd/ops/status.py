@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from syncd.config import Config
+from syncd.contract import RESOURCES
 from syncd.errors import StoreError
 from syncd.poll.poller import cursor_problem
 from syncd.store import events
@@ -36,7 +37,6 @@ from syncd.store.schema import (
     META_MODE_SINCE,
     META_MODE_SWITCHES,
     META_RELIST_HELD,
-    MIRROR_RESOURCES,
 )
 from syncd.timefmt import format_epoch as utc_iso
 from syncd.timefmt import try_epoch
@@ -142,7 +142,7 @@ STATUS_SCHEMA: dict[str, Any] = {
         },
         "resources": {
             "type": "object",
-            "propertyNames": {"enum": list(MIRROR_RESOURCES)},
+            "propertyNames": {"enum": list(RESOURCES)},
             "additionalProperties": _RESOURCE_SCHEMA,
         },
         "last_webhook_at": {**_TS, "description": "latest delivery of any webhook event"},
@@ -237,7 +237,7 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
     conn = Store.open_reader(cfg.store.path)
     try:
         meta = Store.read_meta(conn)
-        names = tuple(r for r in MIRROR_RESOURCES if r in cfg.sync.resources)
+        names = tuple(r for r in RESOURCES if r in cfg.sync.resources)
         by_outcome = events.outcome_counts(conn)
         last_webhook = events.last_delivery_at(conn)
         inbox_depth = events.inbox_depth(conn)

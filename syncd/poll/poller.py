@@ -45,6 +45,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Literal
 
 from syncd import timefmt
+from syncd.contract import VISIBILITY_LAG
 from syncd.core.reconcile import BatchResult, Outcome
 from syncd.core.records import Change, parse_record
 from syncd.errors import CursorExpiredError, ListingLoopError, RecordError
@@ -64,8 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The contract's upper bound on how late a change becomes visible to listings.
-VISIBILITY_LAG = 10.0
 #: Expired cursors in a row before a listing gives up (each restart resumes, not rewinds).
 MAX_CURSOR_RESTARTS = 20
 #: next_cursor values of one listing remembered to spot a repeat; a longer cycle is ended

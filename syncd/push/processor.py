@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from syncd.contract import TEST_EVENT
 from syncd.core.reconcile import Outcome
 from syncd.core.records import (
-    TEST_EVENT,
     Change,
     EventOutcome,
     RecordId,

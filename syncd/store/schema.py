@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import sqlite_utils
 
+from syncd.contract import RESOURCES
+
 SCHEMA_VERSION = 5
 
 # -- _meta keys: written by the daemon and the poller, read by `syncd status` --------------
@@ -23,7 +25,6 @@ META_HEARTBEAT = "daemon_heartbeat_at"
 META_RELIST_HELD = "relist_held_back:"
 #: The daemon refreshes its heartbeat this often; status calls it stale after 3 periods.
 HEARTBEAT_PERIOD = 5.0
-MIRROR_RESOURCES = ("orders", "customers", "inventory")
 BOOKKEEPING_COLUMNS = (
     "_version",
     "_source",
@@ -145,7 +146,7 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
 def _migrate_3(db: sqlite_utils.Database) -> None:
     # Full relists sweep by generation (bounded memory, no id set in RAM); tombstones record
     # when they were set; cursors remember relists and per-resource totals.
-    for resource in MIRROR_RESOURCES:
+    for resource in RESOURCES:
         db.execute(f"ALTER TABLE {resource} ADD COLUMN _deleted_at TEXT")
         db.execute(f"ALTER TABLE {resource} ADD COLUMN _listed INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE _cursors ADD COLUMN last_full_relist_at REAL")
@@ -159,7 +160,7 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
     # keeps saying which path brought it first; a poll that confirms a webhook's copy raises
     # only the authority, so a later same-version conflict is decided as if every copy had
     # arrived in any other order.
-    for resource in MIRROR_RESOURCES:
+    for resource in RESOURCES:
         db.execute(f"ALTER TABLE {resource} ADD COLUMN _authority INTEGER NOT NULL DEFAULT 0")
         db.execute(
             f"UPDATE {resource} SET _authority = CASE _source WHEN 'webhook' THEN 1"
@@ -175,7 +176,7 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
         "CREATE TABLE _fields (resource TEXT NOT NULL, field TEXT NOT NULL, col TEXT NOT NULL,"
         " PRIMARY KEY (resource, field), UNIQUE (resource, col))"
     )
-    for resource in MIRROR_RESOURCES:
+    for resource in RESOURCES:
         for row in db.execute(f"PRAGMA table_info({quote(resource)})").fetchall():
             if row[1] not in RESERVED_FIELDS:
                 db.execute(

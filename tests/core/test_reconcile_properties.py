@@ -20,11 +20,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from syncd.contract import RESOURCES
 from syncd.core.reconcile import Outcome, content_of, digest
 from syncd.core.records import AUTHORITY, Change, RecordId, Source
 from syncd.store.apply import apply_batch
 from syncd.store.db import Store
-from syncd.store.schema import MIRROR_RESOURCES, RESERVED_FIELDS
+from syncd.store.schema import RESERVED_FIELDS
 from syncd.timefmt import format_epoch
 
 FAR_FUTURE = "9999-12-31T00:00:00.000Z"
@@ -79,7 +80,7 @@ def histories(draw: st.DrawFn, max_records: int = 8) -> list[Record]:
     count = draw(st.integers(1, max_records))
     records = []
     for i in range(count):
-        resource = draw(st.sampled_from(MIRROR_RESOURCES))
+        resource = draw(st.sampled_from(RESOURCES))
         rid: RecordId = i if resource == "orders" else f"{resource[:3]}_{i}"
         states = []
         for version in range(1, draw(st.integers(1, 4)) + 1):
@@ -124,7 +125,7 @@ def fresh_store() -> Iterator[Store]:
 def snapshot(store: Store) -> dict[Key, dict[str, Any]]:
     """Every mirror row, bookkeeping included."""
     out = {}
-    for resource in MIRROR_RESOURCES:
+    for resource in RESOURCES:
         cur = store.conn.execute(f"SELECT * FROM {resource}")
         names = [d[0] for d in cur.description]
         for row in cur:
@@ -171,7 +172,7 @@ def relist(store: Store, history: Sequence[Record], generation: int) -> int:
         apply_batch(store, listing, listed=generation, synced_at=format_epoch())
         return sum(
             store.tombstone_unlisted(resource, generation, spare_since=FAR_FUTURE, now=FAR_FUTURE)
-            for resource in MIRROR_RESOURCES
+            for resource in RESOURCES
         )
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from syncd.contract import RESOURCES
 from syncd.core.records import parse_record
 from syncd.core.values import to_column_value, to_json_text
 from syncd.errors import StoreClosedError, StoreError
@@ -18,7 +19,7 @@ from syncd.store.db import Store
 from syncd.store.dead_letters import add_dead_letter
 from syncd.store.events import known_events, prune
 from syncd.store.mirror import mirror_counts
-from syncd.store.schema import BOOKKEEPING_COLUMNS, MIRROR_RESOURCES, SCHEMA_VERSION
+from syncd.store.schema import BOOKKEEPING_COLUMNS, SCHEMA_VERSION
 from syncd.store.sql import insert_values
 from syncd.store.writer import Writer, running_writer
 from syncd.timefmt import format_epoch
@@ -91,8 +92,8 @@ def test_store_uses_wal_and_full_sync(store: Store, tmp_path: Path) -> None:
 def test_new_store_is_at_the_current_schema_with_every_table(store: Store) -> None:
     assert store.schema_version() == SCHEMA_VERSION
     tables = set(store.db.table_names())
-    assert {*MIRROR_RESOURCES, "_meta", "_cursors", "_events", "_inbox", "_dead_letters", "_audit"} <= tables
-    for resource in MIRROR_RESOURCES:
+    assert {*RESOURCES, "_meta", "_cursors", "_events", "_inbox", "_dead_letters", "_audit"} <= tables
+    for resource in RESOURCES:
         assert {"id", "_version", "_source", "_synced_at", "_deleted", "_deleted_at", "_listed"} <= (
             store.columns(resource)
         )
