@@ -135,7 +135,6 @@ class MirrorTables:
 
     def mirror_states(self, resource: str, ids: Sequence[Any]) -> dict[Any, StoredState]:
         out: dict[Any, StoredState] = {}
-        new = tuple.__new__
         for chunk in chunks(ids, 900):
             marks = ",".join("?" * len(chunk))
             for rid, version, deleted, source, authority in self.conn.execute(
@@ -143,8 +142,7 @@ class MirrorTables:
                 f" WHERE id IN ({marks})",
                 chunk,
             ):
-                # tuple.__new__ skips the named tuple's Python-level __new__ (one per record).
-                out[rid] = new(StoredState, (version, deleted != 0, source, None, authority))
+                out[rid] = StoredState(version, deleted != 0, source, None, authority)
         return out
 
     def mirror_contents(self, resource: str, ids: Sequence[Any]) -> dict[Any, dict[str, Any]]:
