@@ -20,9 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from syncd.core.reconcile import apply_batch
 from syncd.core.records import Change
-from syncd.store.db import Store, to_column_value
+from syncd.core.values import to_column_value
+from syncd.store.apply import apply_batch
+from syncd.store.db import Store
+from syncd.store.mirror import mirror_counts
+from syncd.timefmt import format_epoch
 
 TARGET = 100_000.0
 BATCH = 1000
@@ -61,7 +64,7 @@ def timed(fn: Callable[[], None]) -> float:
 def apply_in_batches(store: Store, items: list[Change]) -> Callable[[], None]:
     def run() -> None:
         for start in range(0, len(items), BATCH):
-            apply_batch(store, items[start : start + BATCH])
+            apply_batch(store, items[start : start + BATCH], synced_at=format_epoch())
 
     return run
 
@@ -69,7 +72,7 @@ def apply_in_batches(store: Store, items: list[Change]) -> Callable[[], None]:
 def apply_one_by_one(store: Store, items: list[Change]) -> Callable[[], None]:
     def run() -> None:
         for change in items:
-            apply_batch(store, [change])
+            apply_batch(store, [change], synced_at=format_epoch())
 
     return run
 
@@ -144,7 +147,7 @@ def main() -> int:
         single_insert = single / timed(apply_one_by_one(store, changes(base_ids, 1)))
         single_update = single / timed(apply_one_by_one(store, changes(base_ids, 2)))
         single_duplicate = single / timed(apply_one_by_one(store, changes(base_ids, 2)))
-        live, _ = store.mirror_counts("orders")
+        live, _ = mirror_counts(store.conn, "orders")
         store.close()
         expected = repeat * n + single
         if live != expected:

@@ -92,7 +92,8 @@ def child_syncd(url: str, workdir: Path) -> dict[str, Any]:
     from syncd.api import PetstoreClient
     from syncd.config import Config, Secrets
     from syncd.poll.poller import Poller
-    from syncd.store.db import Store, Writer
+    from syncd.store.db import Store
+    from syncd.store.writer import Writer
 
     db = workdir / "syncd.db"
     cfg = Config.model_validate(

@@ -115,7 +115,8 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
     from syncd.push.inbox_worker import InboxWorker
     from syncd.push.receiver_app import create_receiver_app, uvicorn_config
     from syncd.service.gc_tuning import serving_heap
-    from syncd.store.db import Store, Writer
+    from syncd.store.db import Store
+    from syncd.store.writer import Writer
 
     cfg = WebhookConfig.model_validate(
         {"listen": f"127.0.0.1:{port}", "path": PATH, "rate_limit": "1000000/s"}
@@ -200,9 +201,10 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
             worker.stop()
             await asyncio.gather(*tasks)
             await inbox.stop()
+            commits = metrics.registry.get_sample_value("syncd_inbox_group_commit_size_count") or 0
             print(
-                f"real: {inbox.committed} deliveries in {inbox.commits} inbox commits, "
-                f"{worker.processed} events applied in {worker.batches} worker batches",
+                f"real: {inbox.committed} deliveries in {commits:g} inbox commits, "
+                f"{worker.processed} events applied",
                 file=sys.stderr,
             )
         writer.stop()

@@ -8,6 +8,7 @@ and what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -30,13 +31,12 @@ from syncd.config_values import (
     between,
     size_between,
 )
+from syncd.contract import RESOURCES, RETRY_SCHEDULE, VISIBILITY_LAG, Resource
 from syncd.errors import ConfigError
 from syncd.signatures import make_verifier
 
 DEFAULT_CONFIG_PATH = "/etc/syncd/config.toml"
 CONFIG_ENV = "SYNCD_CONFIG"
-Resource = Literal["orders", "customers", "inventory"]
-RESOURCES: tuple[Resource, ...] = ("orders", "customers", "inventory")
 #: File names looked up in $CREDENTIALS_DIRECTORY (systemd LoadCredential=).
 API_KEY_CREDENTIAL = "petstore-api-key"
 WEBHOOK_SECRET_CREDENTIAL = "petstore-webhook-secret"
@@ -347,14 +347,17 @@ def load_config(
 def check_warnings(cfg: Config) -> list[str]:
     """Settings that are valid but probably not what the operator wants."""
     out = []
-    if cfg.webhook.dedupe_retention < 32 * 3600:
+    # The retry schedule's length, rounded up to the hour.
+    if cfg.webhook.dedupe_retention < math.ceil(sum(RETRY_SCHEDULE) / 3600) * 3600:
         out.append(
-            "webhook.dedupe_retention is shorter than the provider's retry schedule (about 31.6h): "
+            "webhook.dedupe_retention is shorter than the provider's retry schedule"
+            f" (about {sum(RETRY_SCHEDULE) / 3600:.1f}h): "
             "late retries will be decided again instead of being recognised as duplicates"
         )
-    if cfg.poll.lookback < 10:
+    if cfg.poll.lookback < VISIBILITY_LAG:
         out.append(
-            "poll.lookback is shorter than the API's 10s visibility lag: polls can miss late-committed changes"
+            f"poll.lookback is shorter than the API's {VISIBILITY_LAG:g}s visibility lag:"
+            " polls can miss late-committed changes"
         )
     if cfg.sync.mode == "push" and cfg.poll.safety_interval < cfg.poll.interval:
         out.append(

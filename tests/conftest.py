@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import stamina
 
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 
 
 @pytest.fixture

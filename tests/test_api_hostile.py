@@ -19,7 +19,7 @@ from syncd.api_transport import MAX_RETRY_AFTER, parse_retry_after
 from syncd.errors import ApiResponseTooLargeError, ApiTlsError, ApiTransientError
 from syncd.metrics import Metrics
 from syncd.poll.poller import Poller
-from syncd.store.db import Writer
+from syncd.store.writer import Writer
 from tests.hostile_api import HostileApi, Seen, http_response, make_certificate, page_body
 from tests.poll_helpers import cursor_of, make_config, mirror_versions
 

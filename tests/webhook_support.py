@@ -20,7 +20,8 @@ from syncd.push.audit import AuditLog
 from syncd.push.inbox import Inbox
 from syncd.push.receiver_app import ReceiverApp, create_receiver_app, uvicorn_config
 from syncd.signatures import sign
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 
 SECRET = "s3cret-current"
 PATH = "/webhooks/petstore"

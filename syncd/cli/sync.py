@@ -14,13 +14,15 @@ import click
 
 from syncd.api import PetstoreClient
 from syncd.cli.common import EXIT_FAILURE, config_option, load
-from syncd.config import RESOURCES, Config
+from syncd.config import Config
+from syncd.contract import RESOURCES
 from syncd.errors import StoreError
 from syncd.logs import setup_logging
 from syncd.ops.verify import VerifyReport, verify_resource
 from syncd.poll.poller import Poller, PollResult
 from syncd.poll.progress import make_progress
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 
 
 def _resources(cfg: Config, resource: str | None) -> tuple[str, ...]:

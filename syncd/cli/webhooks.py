@@ -15,10 +15,12 @@ import click
 from syncd.api import PetstoreClient
 from syncd.cli.common import config_option, load
 from syncd.config import Config
-from syncd.core.records import KNOWN_EVENTS, TEST_EVENT
+from syncd.contract import EVENTS, TEST_EVENT
 from syncd.errors import SyncdError
-from syncd.push.inbox_worker import ReplayResult, replay_dead_letters
-from syncd.store.db import Store, running_writer
+from syncd.push.replay import ReplayResult, replay_dead_letters
+from syncd.store.db import Store
+from syncd.store.events import first_event_of_type
+from syncd.store.writer import running_writer
 
 
 class WaitTimeoutError(SyncdError, TimeoutError):
@@ -107,14 +109,11 @@ def wait_for_test_event(store_path: str, since: float, timeout: float, *, interv
         if Path(store_path).exists():
             conn = Store.open_reader(store_path)
             try:
-                row = conn.execute(
-                    "SELECT event_id FROM _events WHERE event_type=? AND first_seen>=? ORDER BY first_seen LIMIT 1",
-                    (TEST_EVENT, since),
-                ).fetchone()
+                event_id = first_event_of_type(conn, TEST_EVENT, since)
             finally:
                 conn.close()
-            if row:
-                return str(row[0])
+            if event_id is not None:
+                return event_id
         if time.monotonic() >= deadline:
             raise TimeoutError
         time.sleep(interval)
@@ -150,7 +149,7 @@ def register(
     target = secret_file or cfg.webhook.secret_file
     if not target and not show_secret:
         raise click.UsageError("give --secret-file PATH (or set webhook.secret_file), or --show-secret")
-    chosen = sorted(events) if events else sorted(KNOWN_EVENTS)
+    chosen = sorted(events) if events else sorted(EVENTS)
     started = time.time()
     endpoint = asyncio.run(_register(cfg, url or _default_url(cfg), chosen))
     secret = str(endpoint.get("secret", ""))

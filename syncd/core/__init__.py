@@ -1,2 +1,2 @@
 """Pure reconciliation logic: records, values, decisions, webhook health.
-Imports nothing that does I/O or reads a clock; only syncd.errors and syncd.timefmt."""
+Imports nothing that does I/O or reads a clock; only syncd.errors, syncd.timefmt, syncd.contract."""

@@ -1,4 +1,4 @@
-"""The reconciliation engine: pure decisions, then batch apply through the store.
+"""The reconciliation engine: pure decisions (batch apply through the store: syncd.store.apply).
 
 Ordering rule. The states of one record are totally ordered by the key
     (version, authority of the source, content digest)
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import sqlite3
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +27,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from syncd.core.records import AUTHORITY, Change, RecordId
-from syncd.errors import ColumnLimitError, RecordError, StoreError
-from syncd.store.db import PLAIN_TYPES, Store, StoredState, to_column_value, to_stored_value, utc_iso
-from syncd.store.schema import storable_text
-
-log = logging.getLogger(__name__)
+from syncd.core.values import PLAIN_TYPES, StoredState, storable_text, to_column_value, to_stored_value
 
 Content = Mapping[str, Any]
 
@@ -57,8 +51,7 @@ _WRITING = frozenset({Outcome.APPLIED, Outcome.RESURRECTED, Outcome.CONFLICT})
 def content_of(change: Change) -> dict[str, Any]:
     """The record as the store keeps it (field -> column value, NULLs dropped), for
     comparisons. Fields are compared by name, whatever column the mapping gave them."""
-    conv = to_stored_value
-    return {k: conv(v) for k, v in change.data.items() if v is not None}
+    return {k: to_stored_value(v) for k, v in change.data.items() if v is not None}
 
 
 _ABSENT = object()
@@ -66,17 +59,17 @@ _ABSENT = object()
 
 def _matches(data: Mapping[str, Any], stored: Content) -> bool:
     """`content_of(change) == stored` without building the dict: the duplicate check runs for
-    every record a poll's lookback re-reads, and most are equal."""
-    conv, plain = to_column_value, PLAIN_TYPES
-    get = stored.get
+    every record a poll's lookback re-reads, and most are equal (building the dict costs 11%
+    more CPU on re-read duplicates, bench/RESULTS.md). tests/core/test_values_properties.py
+    proves it agrees with `content_of`."""
     fields = 0
     for key, value in data.items():
         if value is None:
             continue
         fields += 1
         # Strings are stored as they are unless SQLite cannot hold them (escaped then).
-        if get(key, _ABSENT) != (value if type(value) in plain else conv(value)) and (
-            type(value) is not str or get(key, _ABSENT) != storable_text(value)
+        if stored.get(key, _ABSENT) != (value if type(value) in PLAIN_TYPES else to_column_value(value)) and (
+            type(value) is not str or stored.get(key, _ABSENT) != storable_text(value)
         ):
             return False
     return fields == len(stored)
@@ -141,7 +134,6 @@ class BatchResult:
 
     outcomes: list[Outcome]
     counts: Counter[str] = field(default_factory=Counter)
-    applied_by_source: Counter[str] = field(default_factory=Counter)
     reasons: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -218,165 +210,3 @@ def plan_batch(changes: Sequence[Change], stored: Mapping[tuple[str, RecordId], 
             ):
                 outcomes[i] = Outcome.DUPLICATE
     return BatchPlan(outcomes, writes, confirms)
-
-
-#: SQLite errors a record's own content causes (as opposed to the disk, a lock, corruption).
-_RECORD_SQLITE_ERRORS = ("too many columns", "duplicate column", "too many sql variables", "too big")
-
-
-def _record_fault(exc: Exception) -> bool:
-    """Whether `exc` is the fault of the records being written, so leaving the culprit out
-    lets the rest through. Anything else (disk full, I/O error, a locked or corrupt file)
-    fails the whole batch, to be tried again: those are no record's fault."""
-    if isinstance(
-        exc, ColumnLimitError | RecordError | OverflowError | UnicodeError | TypeError | ValueError
-    ):
-        return True
-    if isinstance(exc, sqlite3.InterfaceError | sqlite3.DataError | sqlite3.IntegrityError):
-        return True
-    if isinstance(exc, sqlite3.ProgrammingError):
-        return "binding" in str(exc).lower()
-    if isinstance(exc, sqlite3.OperationalError):
-        message = str(exc).lower()
-        return any(m in message for m in _RECORD_SQLITE_ERRORS)
-    return False
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, StoreError):
-        return f"cannot be stored: {exc}"
-    return f"cannot be stored: {type(exc).__name__}: {exc}"
-
-
-def apply_batch(store: Store, changes: Sequence[Change], *, listed: int | None = None) -> BatchResult:
-    """Decide a batch against the stored versions and write the winners. Runs on the writer
-    thread; call it inside `store.db.atomic()` to make it one transaction with other writes
-    (the poller's cursor); on its own it opens its own transaction.
-
-    A record that cannot be stored costs only itself: the batch's writes are rolled back to
-    a savepoint and the batch is split in halves until the records at fault stand alone;
-    they come back INVALID with a reason (the caller dead-letters them), everything else is
-    applied as if they had not been there. A failure no record causes (disk full) is raised.
-    """
-    if not store.conn.in_transaction:
-        # A transaction of its own needs no savepoint to undo a failed first attempt (a
-        # savepoint copies every page it changes to a sub-journal): roll it all back, and
-        # isolate the culprits in a new one.
-        try:
-            with store.db.atomic():
-                return _apply(store, changes, listed)
-        except Exception as exc:
-            if not _record_fault(exc):
-                raise
-            store.forget_schema()
-        with store.db.atomic():
-            return apply_batch(store, changes, listed=listed)
-    try:
-        with store.db.atomic():
-            return _apply(store, changes, listed)
-    except Exception as exc:
-        if not _record_fault(exc):
-            raise
-        store.forget_schema()
-        if len(changes) == 1:
-            return _rejected(changes[0], exc)
-    result = BatchResult([Outcome.STALE] * len(changes))
-    half = len(changes) // 2
-    _isolate(store, changes, list(range(half)), listed, result)
-    _isolate(store, changes, list(range(half, len(changes))), listed, result)
-    return result
-
-
-def _rejected(change: Change, exc: Exception) -> BatchResult:
-    reason = _reason(exc)
-    log.warning("%s %r: %s; kept as a dead letter", change.resource, change.id, reason)
-    return BatchResult([Outcome.INVALID], Counter({Outcome.INVALID.value: 1}), reasons={0: reason})
-
-
-def _isolate(
-    store: Store, changes: Sequence[Change], indexes: list[int], listed: int | None, into: BatchResult
-) -> None:
-    """Apply `changes[i] for i in indexes` in a savepoint; on a record's fault, halve and
-    recurse. Each part is decided against what the parts before it wrote, so a record's
-    copies split across parts still leave the greatest of them (minus the rejected ones)."""
-    if not indexes:
-        return
-    part = [changes[i] for i in indexes]
-    try:
-        with store.db.atomic():
-            result = _apply(store, part, listed)
-    except Exception as exc:
-        if not _record_fault(exc):
-            raise
-        store.forget_schema()
-        if len(indexes) == 1:
-            result = _rejected(part[0], exc)
-        else:
-            half = len(indexes) // 2
-            _isolate(store, changes, indexes[:half], listed, into)
-            _isolate(store, changes, indexes[half:], listed, into)
-            return
-    for j, i in enumerate(indexes):
-        into.outcomes[i] = result.outcomes[j]
-        if j in result.reasons:
-            into.reasons[i] = result.reasons[j]
-    into.counts.update(result.counts)
-    into.applied_by_source.update(result.applied_by_source)
-
-
-def _apply(store: Store, changes: Sequence[Change], listed: int | None) -> BatchResult:
-    by_resource: dict[str, list[Change]] = {}
-    for change in changes:
-        group = by_resource.get(change.resource)
-        if group is None:
-            by_resource[change.resource] = [change]
-        else:
-            group.append(change)
-    stored: dict[tuple[str, RecordId], StoredState] = {}
-    for resource, group in by_resource.items():
-        states = store.mirror_states(resource, [c.id for c in group])
-        if not states:
-            continue
-        # Only a same-version change compares content; a tombstoned copy is restored anyway.
-        same_version = [
-            c.id
-            for c in group
-            if (s := states.get(c.id)) is not None and s.version == c.version and not s.deleted
-        ]
-        if same_version:
-            for rid, content in store.mirror_contents(resource, same_version).items():
-                s = states[rid]
-                states[rid] = StoredState(s.version, s.deleted, s.source, content, s.authority)
-        for rid, state in states.items():
-            stored[(resource, rid)] = state
-    plan = plan_batch(changes, stored)
-    outcomes = plan.outcomes
-    synced_at = utc_iso()
-    writes: dict[str, list[tuple[Mapping[str, Any], int, str]]] = {}
-    sources: list[str] = []
-    for i in plan.writes:
-        change = changes[i]
-        writes.setdefault(change.resource, []).append((change.data, change.version, change.source))
-        sources.append(change.source)
-        if outcomes[i] is Outcome.CONFLICT:
-            log.warning(
-                "conflict: %s %r v%d differs from the stored copy; the %s copy wins by the ordering rule",
-                change.resource,
-                change.id,
-                change.version,
-                change.source,
-            )
-    for resource, records in writes.items():
-        store.write_records(resource, records, synced_at=synced_at, listed=listed)
-    confirms: dict[str, list[tuple[int, RecordId]]] = {}
-    for i in plan.confirms:
-        change = changes[i]
-        confirms.setdefault(change.resource, []).append((AUTHORITY.get(change.source, 0), change.id))
-    for resource, rows in confirms.items():
-        store.raise_authority(resource, rows)
-    if listed is not None:
-        for resource, group in by_resource.items():
-            store.mark_listed(resource, [c.id for c in group], listed)
-    # Counted once per batch: Counter increments per change cost more than the decisions.
-    counts = Counter(outcomes)
-    return BatchResult(outcomes, Counter({o.value: n for o, n in counts.items()}), Counter(sources))

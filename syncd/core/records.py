@@ -12,9 +12,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal
 
 from syncd import timefmt
+from syncd.contract import EVENTS
 from syncd.errors import RecordError
 
 Source = Literal["webhook", "poll", "fetch"]
@@ -28,19 +30,28 @@ AUTHORITY: dict[str, int] = {"webhook": 1, "poll": 2, "fetch": 2}
 
 #: Event type prefix -> resource, from the contract's event table.
 _EVENT_PREFIXES = {"order": "orders", "customer": "customers", "inventory": "inventory"}
-KNOWN_EVENTS = frozenset(
-    {
-        "order.created",
-        "order.updated",
-        "order.shipped",
-        "order.completed",
-        "order.cancelled",
-        "inventory.low",
-        "inventory.updated",
-        "customer.registered",
-    }
-)
-TEST_EVENT = "webhook.test"
+
+
+class EventOutcome(StrEnum):
+    """What became of a webhook event (`_events.outcome`, `syncd replay`, metrics labels)."""
+
+    PENDING = "pending"  # stored in the inbox, not yet processed
+    # The reconciler's outcomes (syncd.core.reconcile.Outcome), for an event that had a change.
+    APPLIED = "applied"
+    RESURRECTED = "resurrected"
+    CONFLICT = "conflict"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+    INVALID = "invalid"  # could not be parsed or stored: kept as a dead letter
+    # Events that carry no change for the mirror.
+    TEST = "test"  # webhook.test
+    IGNORED = "ignored"  # an event type syncd does not know
+    GONE = "gone"  # thin event whose record the API no longer has
+    UNFETCHED = "unfetched"  # thin event not fetched (fetching is off): the poll brings it
+    #: Never stored: a thin event whose fetch failed stays in the inbox, to be retried.
+    RETRY = "retry"
+
+
 #: SQLite's integers are 64-bit: an id or version beyond that could not be stored or compared.
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -79,7 +90,7 @@ class Envelope:
 
 def resource_for_event(event_type: str) -> str | None:
     """The resource an event type is about, or None when syncd does not know the type."""
-    if event_type in KNOWN_EVENTS:
+    if event_type in EVENTS:
         return _EVENT_PREFIXES[event_type.split(".", 1)[0]]
     return None
 

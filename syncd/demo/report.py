@@ -10,7 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
-from syncd.store.db import MIRROR_RESOURCES, parse_iso
+from syncd.contract import RESOURCES as MIRROR_RESOURCES
+from syncd.timefmt import to_epoch as parse_iso
 
 
 @dataclass
@@ -36,7 +37,7 @@ def drift(truth: dict[str, dict[str, int]], db: Path) -> dict[str, dict[str, int
     """missing / stale / extra per resource, mirror against the simulator's ground truth."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        out = {}
+        out: dict[str, dict[str, int]] = {}
         for r in MIRROR_RESOURCES:
             mirror = {
                 str(rid): v for rid, v in conn.execute(f"SELECT id, _version FROM {r} WHERE _deleted = 0")

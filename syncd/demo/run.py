@@ -28,7 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from syncd.config import Config, load_config
-from syncd.core.records import KNOWN_EVENTS
+from syncd.contract import EVENTS as KNOWN_EVENTS
 from syncd.demo.daemon_process import DaemonProcess
 from syncd.demo.observe import format_age, observe
 from syncd.demo.report import RunResult, compare_table, drift, latencies, verdict

@@ -19,23 +19,27 @@ from rich.table import Table
 from rich.text import Text
 
 from syncd.config import Config
+from syncd.contract import RESOURCES
 from syncd.errors import StoreError
 from syncd.poll.cursor import cursor_problem
-from syncd.poll.listing_guards import META_RELIST_HELD
-from syncd.store.db import MIRROR_RESOURCES, OPEN_DEAD_LETTER_SQL, Store, dead_letter_counts
+from syncd.store import events
+from syncd.store.cursors import cursor_rows
+from syncd.store.db import Store
+from syncd.store.dead_letters import dead_letter_counts, latest_open
+from syncd.store.mirror import mirror_counts
+from syncd.store.schema import (
+    HEARTBEAT_PERIOD,
+    META_DAEMON_PID,
+    META_DAEMON_STARTED,
+    META_HEARTBEAT,
+    META_MODE,
+    META_MODE_REASON,
+    META_MODE_SINCE,
+    META_MODE_SWITCHES,
+    META_RELIST_HELD,
+)
 from syncd.timefmt import format_epoch as utc_iso
 from syncd.timefmt import try_epoch
-
-#: _meta keys the daemon maintains (see syncd.service.daemon).
-META_MODE = "mode"
-META_MODE_REASON = "mode_reason"
-META_MODE_SINCE = "mode_since"
-META_MODE_SWITCHES = "mode_switches"
-META_DAEMON_PID = "daemon_pid"
-META_DAEMON_STARTED = "daemon_started_at"
-META_HEARTBEAT = "daemon_heartbeat_at"
-#: The daemon refreshes its heartbeat this often; status calls it stale after 3 periods.
-HEARTBEAT_PERIOD = 5.0
 
 _TS = {"type": ["string", "null"], "format": "date-time"}
 _SECONDS = {"type": ["number", "null"], "minimum": 0}
@@ -138,7 +142,7 @@ STATUS_SCHEMA: dict[str, Any] = {
         },
         "resources": {
             "type": "object",
-            "propertyNames": {"enum": list(MIRROR_RESOURCES)},
+            "propertyNames": {"enum": list(RESOURCES)},
             "additionalProperties": _RESOURCE_SCHEMA,
         },
         "last_webhook_at": {**_TS, "description": "latest delivery of any webhook event"},
@@ -186,10 +190,6 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else utc_iso(ts)
 
 
-def _meta(conn: sqlite3.Connection) -> dict[str, str]:
-    return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM _meta") if v is not None}
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -203,21 +203,13 @@ def _pid_alive(pid: int) -> bool:
 def _resources(
     conn: sqlite3.Connection, names: tuple[str, ...], now: float, meta: dict[str, str], max_skew: float
 ) -> dict[str, Any]:
-    cursors = {
-        row[0]: row[1:]
-        for row in conn.execute(
-            "SELECT resource, cursor, last_poll_at, last_success_at, last_error, last_error_at,"
-            " last_full_relist_at, last_changes FROM _cursors"
-        )
-    }
+    cursors = cursor_rows(conn)
     out: dict[str, Any] = {}
     for name in names:
         cursor, last_poll, last_success, last_error, last_error_at, last_relist, changes = cursors.get(
             name, (None, None, None, None, None, None, 0)
         )
-        live, tombstoned = conn.execute(
-            f"SELECT COUNT(*) - COALESCE(SUM(_deleted), 0), COALESCE(SUM(_deleted), 0) FROM {name}"
-        ).fetchone()
+        live, tombstoned = mirror_counts(conn, name)
         # A cursor an older syncd stored may be no instant, or far in the future: say so
         # rather than crash or show a lag of 0.
         problem = cursor_problem(cursor, now, max_skew)
@@ -244,22 +236,15 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     conn = Store.open_reader(cfg.store.path)
     try:
-        meta = _meta(conn)
-        names = tuple(r for r in MIRROR_RESOURCES if r in cfg.sync.resources)
-        events = {str(k): int(v) for k, v in conn.execute("SELECT outcome, COUNT(*) FROM _events GROUP BY 1")}
-        last_webhook = conn.execute(
-            "SELECT MAX(t) FROM (SELECT MAX(last_seen) AS t FROM _events"
-            " UNION ALL SELECT MAX(received_at) FROM _inbox)"
-        ).fetchone()[0]
-        (inbox_depth,) = conn.execute("SELECT COUNT(*) FROM _inbox").fetchone()
+        meta = Store.read_meta(conn)
+        names = tuple(r for r in RESOURCES if r in cfg.sync.resources)
+        by_outcome = events.outcome_counts(conn)
+        last_webhook = events.last_delivery_at(conn)
+        inbox_depth = events.inbox_depth(conn)
         dead_total, dead_open = dead_letter_counts(conn)
         latest = [
             dict(zip(("id", "source", "resource", "record_id", "event_id", "reason"), row, strict=True))
-            for row in conn.execute(
-                "SELECT id, COALESCE(source, 'webhook'), resource, record_id, event_id, reason"
-                f" FROM _dead_letters WHERE {OPEN_DEAD_LETTER_SQL} ORDER BY id DESC LIMIT ?",
-                (LATEST_DEAD_LETTERS,),
-            )
+            for row in latest_open(conn, LATEST_DEAD_LETTERS)
         ]
         resources = _resources(conn, names, now, meta, cfg.poll.max_clock_skew)
     except sqlite3.Error as exc:
@@ -287,7 +272,7 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
         },
         "resources": resources,
         "last_webhook_at": _iso(last_webhook),
-        "events": events,
+        "events": by_outcome,
         "inbox_depth": int(inbox_depth),
         "dead_letters": {"total": dead_total, "open": dead_open, "latest": latest},
         "fallback_switches": int(meta.get(META_MODE_SWITCHES, "0")),

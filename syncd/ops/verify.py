@@ -2,7 +2,7 @@
 
 Memory stays bounded however large the resource: each page's (id, version) pairs go into a
 temporary table of a read-only connection to the store, and the comparison is SQL over that
-table and the mirror table. The temp table lives in SQLite's temp file, not in Python.
+table and the mirror table (syncd.store.drift).
 
 Listings lag behind writes (the contract's visibility lag), so verify is meant for a quiet
 shop. A mirror version higher than the listing's is that lag showing, not drift: it is
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncd.errors import CursorExpiredError
 from syncd.poll.listing_guards import PagingGuard
-from syncd.store.db import quote
+from syncd.store.drift import add_listed, compare_listing, end_listing, start_listing
 
 if TYPE_CHECKING:
     from syncd.api import PetstoreClient
@@ -66,44 +66,15 @@ class VerifyReport:
         return "\n".join([f"{head}: {status}", *parts])
 
 
-def _prepare(conn: sqlite3.Connection) -> None:
-    conn.execute("DROP TABLE IF EXISTS temp.listed")
-    conn.execute("CREATE TEMP TABLE listed (id PRIMARY KEY, version INTEGER NOT NULL)")
-
-
-def _add_page(conn: sqlite3.Connection, rows: list[tuple[Any, int]]) -> None:
-    # A record changed during the listing can be listed twice; its newer version counts.
-    conn.executemany(
-        "INSERT INTO temp.listed (id, version) VALUES (?, ?)"
-        " ON CONFLICT(id) DO UPDATE SET version=MAX(version, excluded.version)",
-        rows,
-    )
-
-
-def _drift(conn: sqlite3.Connection, where_sql: str, sample: int) -> Drift:
-    count = conn.execute(f"SELECT COUNT(*) FROM {where_sql}").fetchone()[0]
-    ids = [row[0] for row in conn.execute(f"SELECT id FROM {where_sql} ORDER BY id LIMIT ?", (sample,))]
-    return Drift(int(count), ids)
-
-
 def compare(conn: sqlite3.Connection, report: VerifyReport, sample: int = 5) -> None:
-    t = quote(report.resource)
-    joined = f"temp.listed AS l LEFT JOIN {t} AS m ON m.id = l.id"
-    report.listed = conn.execute("SELECT COUNT(*) FROM temp.listed").fetchone()[0]
-    report.mirror_live = conn.execute(f"SELECT COUNT(*) FROM {t} WHERE _deleted = 0").fetchone()[0]
-    report.missing = _drift(conn, f"(SELECT l.id FROM {joined} WHERE m.id IS NULL OR m._deleted = 1)", sample)
-    report.stale = _drift(
-        conn, f"(SELECT l.id FROM {joined} WHERE m._deleted = 0 AND m._version < l.version)", sample
-    )
-    report.ahead = _drift(
-        conn, f"(SELECT l.id FROM {joined} WHERE m._deleted = 0 AND m._version > l.version)", sample
-    )
-    report.extra = _drift(
-        conn,
-        f"(SELECT m.id FROM {t} AS m WHERE m._deleted = 0"
-        " AND NOT EXISTS (SELECT 1 FROM temp.listed AS l WHERE l.id = m.id))",
-        sample,
-    )
+    """Fill `report` from the listing in the connection's temp table (syncd.store.drift)."""
+    found = compare_listing(conn, report.resource, sample)
+    report.listed = found["listed"]
+    report.mirror_live = found["mirror_live"]
+    report.missing = Drift(*found["missing"])
+    report.stale = Drift(*found["stale"])
+    report.ahead = Drift(*found["ahead"])
+    report.extra = Drift(*found["extra"])
 
 
 async def verify_resource(
@@ -120,7 +91,7 @@ async def verify_resource(
     Raises ListingLoopError when the API's listing does not end (see PagingGuard)."""
     restarts = 0
     while True:
-        _prepare(conn)
+        start_listing(conn)
         if progress is not None:
             progress.start(resource, "verify")
         paging = PagingGuard(resource, max_pages)
@@ -128,7 +99,7 @@ async def verify_resource(
             async for page in client.list_pages(resource, since=None, limit=page_size):
                 paging.check(page)
                 rows = [(r.get("id"), r.get("version")) for r in page.records]
-                _add_page(conn, [(rid, v) for rid, v in rows if rid is not None and isinstance(v, int)])
+                add_listed(conn, [(rid, v) for rid, v in rows if rid is not None and isinstance(v, int)])
                 if progress is not None and page.records:
                     last = page.records[-1].get("updatedAt")
                     progress.advance(resource, len(page.records), last if isinstance(last, str) else None)
@@ -142,5 +113,5 @@ async def verify_resource(
     compare(conn, report, sample)
     if progress is not None:
         progress.finish(resource, report.listed)
-    conn.execute("DROP TABLE IF EXISTS temp.listed")
+    end_listing(conn)
     return report

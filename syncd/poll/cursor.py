@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from syncd import timefmt
-from syncd.store.db import CursorState, Store
+from syncd.store.cursors import CursorState
+from syncd.store.db import Store
 
 #: Far-future records remembered so each is counted and logged once, not on every poll.
 FUTURE_REMEMBERED = 4096

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 #: next_cursor values of one listing remembered to spot a repeat; a longer cycle is ended
 #: by poll.max_pages instead.
 CURSORS_REMEMBERED = 1024
-#: `_meta` key prefix of a relist held back, per resource (read by syncd status).
-META_RELIST_HELD = "relist_held_back:"
 
 
 class PagingGuard:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from syncd import timefmt
+from syncd.contract import VISIBILITY_LAG
 from syncd.core.reconcile import BatchResult, Outcome
 from syncd.core.records import Change, parse_record
 from syncd.errors import CursorExpiredError, ListingLoopError, RecordError
@@ -32,7 +33,7 @@ from syncd.poll.cursor import FutureSightings, instant_ms, later, trust_limit, t
 from syncd.poll.listing_guards import PagingGuard, RelistGuard
 from syncd.poll.progress import ProgressReporter
 from syncd.poll.transactions import PageGroup, Rejected, commit_page, finish_listing, start_relist
-from syncd.store.db import Writer
+from syncd.store.writer import Writer
 
 if TYPE_CHECKING:
     from syncd.api import Page, PetstoreClient
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The contract's upper bound on how late a change becomes visible to listings.
-VISIBILITY_LAG = 10.0
 #: Expired cursors in a row before a listing gives up (each restart resumes, not rewinds).
 MAX_CURSOR_RESTARTS = 20
 

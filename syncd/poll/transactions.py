@@ -15,11 +15,15 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from syncd import timefmt
-from syncd.core.reconcile import BatchResult, apply_batch
+from syncd.core.reconcile import BatchResult
 from syncd.core.records import Change
 from syncd.poll.cursor import instant_ms, later, trusted_cursor
-from syncd.poll.listing_guards import META_RELIST_HELD, RelistGuard
+from syncd.poll.listing_guards import RelistGuard
+from syncd.store.apply import apply_batch
 from syncd.store.db import Store
+from syncd.store.dead_letters import add_dead_letter
+from syncd.store.mirror import mirror_counts
+from syncd.store.schema import META_RELIST_HELD
 
 #: A listed record that could not be parsed: (the record, why, its id as text if it has one).
 Rejected = tuple[object, str, str | None]
@@ -76,7 +80,7 @@ def commit_page(
     so a listing never moves it backwards past what another listing of the same resource
     committed meanwhile."""
     with store.db.atomic():
-        result = apply_batch(store, changes, listed=listed)
+        result = apply_batch(store, changes, synced_at=timefmt.format_epoch(), listed=listed)
         if listed is not None:
             # The listing did return these records: a relist must not tombstone an older
             # copy of one merely because the copy listed now cannot be stored.
@@ -84,7 +88,8 @@ def commit_page(
             spared += [changes[i].id for i in result.reasons]
             _mark_listed_where_possible(store, resource, spared, listed)
         for obj, reason, record_id in rejected or ():
-            store.add_dead_letter(
+            add_dead_letter(
+                store.conn,
                 None,
                 None,
                 polled_at,
@@ -96,7 +101,8 @@ def commit_page(
             )
         for i, reason in result.reasons.items():
             change = changes[i]
-            store.add_dead_letter(
+            add_dead_letter(
+                store.conn,
                 None,
                 None,
                 polled_at,
@@ -136,7 +142,7 @@ def start_relist(
     with store.db.atomic():
         generation = state.relist_generation + 1
         store.update_cursor_meta(resource, relist_generation=generation)
-        live, _ = store.mirror_counts(resource)
+        live, _ = mirror_counts(store.conn, resource)
     return generation, state.cursor, live, problem
 
 

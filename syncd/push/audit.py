@@ -14,8 +14,9 @@ from collections import OrderedDict, deque
 from typing import NamedTuple
 
 from syncd.metrics import Metrics
-from syncd.push.inbox import replayable_transaction
-from syncd.store.db import Store, Writer
+from syncd.store.audit import add_audit
+from syncd.store.db import Store, replayable_transaction
+from syncd.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class AuditRow(NamedTuple):
 def _write(store: Store, rows: list[AuditRow]) -> None:
     # The trail may lose its last rows in a power cut, never an acknowledged delivery.
     with replayable_transaction(store):
-        store.add_audit(rows)
+        add_audit(store.conn, rows)
 
 
 class AuditLog:

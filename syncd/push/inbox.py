@@ -17,12 +17,11 @@ New ids get their `_events` row (outcome 'pending') in the same transaction as t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,7 +30,9 @@ import orjson
 from syncd.core.records import resource_for_event
 from syncd.errors import StoreClosedError, StoreError, SyncdError
 from syncd.metrics import Metrics
-from syncd.store.db import Store, Writer, insert_values
+from syncd.store import events
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -113,36 +114,14 @@ class _Waiting:
     future: asyncio.Future[SubmitResult] = field(repr=False)
 
 
-@contextlib.contextmanager
-def replayable_transaction(store: Store) -> Iterator[None]:
-    """One transaction committed without its own fsync (synchronous=NORMAL), for work that
-    can be redone from what is already durable: applying inbox rows (they are deleted in the
-    same transaction, so a lost commit leaves them to be applied again) and the audit trail.
-    WAL keeps commits in order and the next FULL commit (the next acknowledgement) syncs
-    everything before it, so this never weakens what an acknowledgement promises; it only
-    keeps the disk's flushes for acknowledgements. FULL is restored whatever happens."""
-    if store.conn.in_transaction:
-        # Joining a caller's transaction: its own commit decides how it is synced.
-        with store.db.atomic():
-            yield
-        return
-    store.conn.execute("PRAGMA synchronous=NORMAL")
-    try:
-        with store.db.atomic():
-            yield
-    finally:
-        store.conn.execute("PRAGMA synchronous=FULL")
-
-
 def commit_deliveries(store: Store, deliveries: Sequence[Delivery]) -> list[SubmitResult]:
     """One transaction: new events into `_inbox` and `_events`, repeats counted. Runs on the
     writer thread."""
-    conn = store.conn
     results: list[SubmitResult] = []
     with store.db.atomic():
-        known = store.known_events([d.event_id for d in deliveries])
-        inbox_rows: list[tuple[str, float, str, str, bytes]] = []
-        event_rows: list[tuple[str, str | None, str | None, float, float, str]] = []
+        known = events.known_events(store.conn, [d.event_id for d in deliveries])
+        inbox_rows: list[events.InboxRow] = []
+        new_events: list[events.NewEvent] = []
         repeats: list[tuple[float, str]] = []
         for d in deliveries:
             if d.event_id in known:
@@ -161,18 +140,8 @@ def commit_deliveries(store: Store, deliveries: Sequence[Delivery]) -> list[Subm
                 )
             )
             resource = resource_for_event(d.event_type) if d.event_type else None
-            event_rows.append((d.event_id, d.event_type, resource, d.received_at, d.received_at, "pending"))
-        insert_values(conn, "INSERT INTO _inbox (event_id, received_at, client, headers, body)", inbox_rows)
-        insert_values(
-            conn,
-            "INSERT INTO _events (event_id, event_type, resource, first_seen, last_seen, outcome)",
-            event_rows,
-        )
-        conn.executemany(
-            "UPDATE _events SET deliveries = deliveries + 1, last_seen = MAX(last_seen, ?)"
-            " WHERE event_id = ?",
-            repeats,
-        )
+            new_events.append((d.event_id, d.event_type, resource, d.received_at))
+        events.add_deliveries(store.conn, inbox_rows, new_events, repeats)
     return results
 
 
@@ -222,8 +191,7 @@ class Inbox:
         #: When a commit last failed, and why; cleared by the next commit that succeeds.
         self.last_failure_at: float | None = None
         self.last_failure: str | None = None
-        #: Transactions committed and deliveries they held, for tests and status.
-        self.commits = 0
+        #: Deliveries committed (each commit's size is the group_commit_size metric).
         self.committed = 0
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
@@ -266,7 +234,9 @@ class Inbox:
         """Forget event ids and audit rows past their retention (pending events are kept)."""
         now = self._clock()
         return await self._writer.run(
-            lambda store: store.prune(now, dedupe_retention=dedupe_retention, audit_retention=audit_retention)
+            lambda store: events.prune(
+                store, now, dedupe_retention=dedupe_retention, audit_retention=audit_retention
+            )
         )
 
     def _schedule_drain(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -319,7 +289,6 @@ class Inbox:
                 if not w.future.done():
                     w.future.set_exception(failure)
         else:
-            self.commits += 1
             self.committed += len(batch)
             self.last_delivery_at = self._clock()
             self.last_failure_at = self.last_failure = None

@@ -26,7 +26,8 @@ from syncd.errors import StoreClosedError
 from syncd.metrics import Metrics
 from syncd.push.inbox import Inbox
 from syncd.service.modes import ModeControl
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 from syncd.timefmt import try_epoch
 
 #: A sync older than this many poll intervals (plus slack) makes the daemon not ready.

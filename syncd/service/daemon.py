@@ -30,7 +30,6 @@ from syncd.config import Config, check_warnings, load_config
 from syncd.errors import StoreClosedError, StoreError, SyncdError
 from syncd.logs import SecretRedactor
 from syncd.metrics import Metrics
-from syncd.ops import status as status_keys
 from syncd.poll.poller import Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
 from syncd.push.audit import AuditLog
@@ -46,8 +45,12 @@ from syncd.service.reload import Reloader
 from syncd.service.running import Pushing, Running, StoreFile
 from syncd.service.stopping import StopBudget, cancel
 from syncd.service.systemd import Notifier, watchdog_loop
-from syncd.store.db import Store, Writer, utc_iso
+from syncd.store import schema as status_keys
+from syncd.store.db import Store
+from syncd.store.events import prune
 from syncd.store.guard import FileIdentity, StoreLock
+from syncd.store.writer import Writer
+from syncd.timefmt import format_epoch as utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def _meta_write(store: Store, values: dict[str, str]) -> None:
 
 
 def _prune(store: Store, now: float, dedupe: float, audit: float) -> tuple[int, int]:
-    return store.prune(now, dedupe_retention=dedupe, audit_retention=audit)
+    return prune(store, now, dedupe_retention=dedupe, audit_retention=audit)
 
 
 class Daemon:

@@ -22,11 +22,13 @@ from collections.abc import Callable
 from syncd.config import Config, FallbackConfig
 from syncd.core.health import FallbackRules, Switch, WebhookHealth
 from syncd.metrics import Metrics
-from syncd.ops import status as status_keys
 from syncd.poll.poller import PollResult
 from syncd.poll.scheduler import PollScheduler
 from syncd.service.systemd import Notifier
-from syncd.store.db import Store, Writer, utc_iso
+from syncd.store import schema as status_keys
+from syncd.store.db import Store
+from syncd.store.writer import Writer
+from syncd.timefmt import format_epoch as utc_iso
 from syncd.timefmt import try_epoch
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from syncd.push.receiver import WebhookReceiver
 from syncd.service.admin import AdminProbe
 from syncd.service.listeners import DaemonServer
 from syncd.service.modes import ModeControl
-from syncd.store.db import Writer
 from syncd.store.guard import FileIdentity, StoreLock, identity_problem
+from syncd.store.writer import Writer
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,12 +19,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from syncd.contract import EVENTS, RESOURCES
 from syncd.errors import ConfigError
 from syncd.sim.clock import now_ms, parse_rfc3339_ms
-from syncd.sim.config import FIVE_XX, RESOURCES
+from syncd.sim.config import FIVE_XX
 from syncd.sim.cursor import Cursor, CursorError
 from syncd.sim.simulator import Simulator
-from syncd.sim.webhooks import EVENTS
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -17,13 +17,13 @@ import click
 import uvicorn
 
 from syncd.config_values import parse_duration
+from syncd.contract import EVENTS
 from syncd.errors import ConfigError
 from syncd.signatures import SCHEMES
 from syncd.sim.app import create_app
 from syncd.sim.config import PRESETS, FaultConfig, SimConfig
 from syncd.sim.server import bound_port, uvicorn_config
 from syncd.sim.simulator import Simulator
-from syncd.sim.webhooks import EVENTS
 
 READY_PREFIX = "petstore simulator listening on "
 

@@ -12,13 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncd.contract import RESOURCES, RETRY_SCHEDULE
 from syncd.errors import ConfigError
 from syncd.signatures import SCHEMES
-
-RESOURCES: tuple[str, ...] = ("orders", "customers", "inventory")
-
-#: The contract's retry schedule (seconds), before `SimConfig.time_scale`.
-RETRY_SCHEDULE: tuple[float, ...] = (60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0)
 
 #: The transient statuses the 5xx fault picks from.
 FIVE_XX: tuple[int, ...] = (500, 502, 503, 504)

@@ -11,10 +11,11 @@ import json
 import random
 from typing import Any
 
+from syncd.contract import RESOURCES
 from syncd.errors import ConfigError
 from syncd.sim.catalog import encode
 from syncd.sim.clock import Clock, SystemClock, format_ms, now_ms
-from syncd.sim.config import RESOURCES, FaultConfig, SimConfig
+from syncd.sim.config import FaultConfig, SimConfig
 from syncd.sim.cursor import CursorCodec
 from syncd.sim.stats import Stats
 from syncd.sim.table import RecordId, Table

@@ -22,22 +22,12 @@ from typing import Any, Literal
 
 import httpx
 
+from syncd.contract import TEST_EVENT
 from syncd.signatures import sign
 from syncd.sim.clock import Clock, format_ms
 from syncd.sim.config import FaultConfig, SimConfig
 from syncd.sim.stats import Stats
 
-EVENTS: tuple[str, ...] = (
-    "order.created",
-    "order.updated",
-    "order.shipped",
-    "order.completed",
-    "order.cancelled",
-    "inventory.low",
-    "inventory.updated",
-    "customer.registered",
-)
-TEST_EVENT = "webhook.test"
 PauseMode = Literal["queue", "drop"]
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 

@@ -1,2 +1,3 @@
-"""The SQLite store: connection, schema, the writer thread, apply, bookkeeping tables.
-Owns every SQL statement; imports syncd.core and the shared modules only."""
+"""The SQLite store: every SQL statement, one module per table family (db, mirror, cursors,
+events, dead_letters, audit, drift), the writer thread and batch apply; imports core and the
+shared modules only."""

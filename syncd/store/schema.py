@@ -1,17 +1,30 @@
-"""The SQLite schema of the store: its tables, migrations, and how record values become
-column values. Shared by the store (which writes) and the reconciler (which compares)."""
+"""The SQLite schema of the store: its tables, `_meta` keys, column names and migrations.
+How record values become column values is `syncd.core.values` (the reconciler compares them)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
-import orjson
 import sqlite_utils
 
+from syncd.contract import RESOURCES
+
 SCHEMA_VERSION = 5
-MIRROR_RESOURCES = ("orders", "customers", "inventory")
+
+# -- _meta keys: written by the daemon and the poller, read by `syncd status` --------------
+META_SCHEMA_VERSION = "schema_version"
+META_MODE = "mode"
+META_MODE_REASON = "mode_reason"
+META_MODE_SINCE = "mode_since"
+META_MODE_SWITCHES = "mode_switches"
+META_DAEMON_PID = "daemon_pid"
+META_DAEMON_STARTED = "daemon_started_at"
+META_HEARTBEAT = "daemon_heartbeat_at"
+#: Prefix of a resource's key: why its last full relist was held back (mass delete).
+META_RELIST_HELD = "relist_held_back:"
+#: The daemon refreshes its heartbeat this often; status calls it stale after 3 periods.
+HEARTBEAT_PERIOD = 5.0
 BOOKKEEPING_COLUMNS = (
     "_version",
     "_source",
@@ -85,78 +98,6 @@ def field_key(field: str) -> str:
     return json.dumps(field)
 
 
-#: Values SQLite stores as they are; checked by exact type first because this runs for every
-#: field of every record applied. Floats are not among them: SQLite turns NaN into NULL.
-PLAIN_TYPES = frozenset({str, type(None)})
-_INT_MIN, _INT_MAX = -(2**63), 2**63
-_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-_JSON_ASCII = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
-
-
-def to_json_text(value: Any) -> str:
-    """Canonical JSON text of a nested value: sorted keys, compact, UTF-8. orjson is several
-    times faster than the json module for the small values records nest, and this runs for
-    every nested field of every record applied or compared. Values orjson refuses (integers
-    past 64 bits, lone surrogates) take the json module's way; either way one value always
-    gets the same text, which is what duplicate detection compares."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    except TypeError:
-        text = _JSON.encode(value)
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        # A lone surrogate: SQLite's UTF-8 cannot hold it, its JSON escape can.
-        return _JSON_ASCII.encode(value)
-    return text
-
-
-def escape_text(value: str) -> str:
-    """A string SQLite's UTF-8 cannot hold (a lone surrogate) is stored as its JSON string
-    literal, quotes included."""
-    return json.dumps(value)
-
-
-def storable_text(value: str) -> str:
-    """`value`, or its escape when it holds a lone surrogate. Only for strings that failed
-    or may fail to bind: the apply path binds strings as they are and comes here on error."""
-    if value.isascii():
-        return value
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return escape_text(value)
-    return value
-
-
-def to_stored_value(value: Any) -> Any:
-    """`to_column_value`, strings included: what the store holds for any top-level value."""
-    return storable_text(value) if type(value) is str else to_column_value(value)
-
-
-def to_column_value(value: Any) -> Any:
-    """Top-level record value -> what SQLite stores. Nested values become JSON text."""
-    kind = type(value)
-    if kind is int:
-        # Beyond 64 bits SQLite cannot hold an integer; keep its digits as text.
-        return value if _INT_MIN <= value < _INT_MAX else str(value)
-    if kind is float:
-        return value if value == value else "NaN"
-    if kind in PLAIN_TYPES:
-        return value
-    if kind is list or kind is dict:
-        return to_json_text(value)
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return int(value) if _INT_MIN <= value < _INT_MAX else str(value)
-    if isinstance(value, float):
-        return float(value) if value == value else "NaN"
-    if isinstance(value, str):
-        return value
-    return to_json_text(value)
-
-
 # -- migrations ---------------------------------------------------------------------------
 # Each step takes a database at version N-1 to N inside one transaction. Never edit a
 # released step: add a new one.
@@ -205,7 +146,7 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
 def _migrate_3(db: sqlite_utils.Database) -> None:
     # Full relists sweep by generation (bounded memory, no id set in RAM); tombstones record
     # when they were set; cursors remember relists and per-resource totals.
-    for resource in MIRROR_RESOURCES:
+    for resource in RESOURCES:
         db.execute(f"ALTER TABLE {resource} ADD COLUMN _deleted_at TEXT")
         db.execute(f"ALTER TABLE {resource} ADD COLUMN _listed INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE _cursors ADD COLUMN last_full_relist_at REAL")
@@ -219,7 +160,7 @@ def _migrate_4(db: sqlite_utils.Database) -> None:
     # keeps saying which path brought it first; a poll that confirms a webhook's copy raises
     # only the authority, so a later same-version conflict is decided as if every copy had
     # arrived in any other order.
-    for resource in MIRROR_RESOURCES:
+    for resource in RESOURCES:
         db.execute(f"ALTER TABLE {resource} ADD COLUMN _authority INTEGER NOT NULL DEFAULT 0")
         db.execute(
             f"UPDATE {resource} SET _authority = CASE _source WHEN 'webhook' THEN 1"
@@ -235,7 +176,7 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
         "CREATE TABLE _fields (resource TEXT NOT NULL, field TEXT NOT NULL, col TEXT NOT NULL,"
         " PRIMARY KEY (resource, field), UNIQUE (resource, col))"
     )
-    for resource in MIRROR_RESOURCES:
+    for resource in RESOURCES:
         for row in db.execute(f"PRAGMA table_info({quote(resource)})").fetchall():
             if row[1] not in RESERVED_FIELDS:
                 db.execute(

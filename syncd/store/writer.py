@@ -11,13 +11,13 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from syncd.errors import StoreClosedError
-
-if TYPE_CHECKING:
-    from syncd.store.db import Store
+from syncd.store.db import Store
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -86,3 +86,14 @@ class Writer:
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join()
+
+
+@contextmanager
+def running_writer(path: str | Path) -> Iterator[Writer]:
+    """A writer on the store at `path`, stopped (its connection closed) on leaving."""
+    writer = Writer(lambda: Store(path))
+    writer.start()
+    try:
+        yield writer
+    finally:
+        writer.stop()

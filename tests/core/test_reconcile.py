@@ -12,14 +12,17 @@ import pytest
 from syncd.core.reconcile import (
     BatchPlan,
     Outcome,
-    apply_batch,
     content_of,
     decide,
     digest,
     plan_batch,
 )
 from syncd.core.records import Change, Source
-from syncd.store.db import Store, StoredState
+from syncd.core.values import StoredState
+from syncd.store.apply import apply_batch
+from syncd.store.db import Store
+from syncd.store.mirror import mirror_counts
+from syncd.timefmt import format_epoch
 
 FAR_FUTURE = "9999-12-31T00:00:00.000Z"
 
@@ -165,11 +168,12 @@ def test_plan_confirms_a_webhook_copy_seen_again_by_an_api_read() -> None:
 
 def test_apply_writes_counts_and_sources(store: Store) -> None:
     result = apply_batch(
-        store, [change(1, 1, "webhook"), change(2, 1), change(1, 2, "webhook"), change(3, 1, "fetch")]
+        store,
+        [change(1, 1, "webhook"), change(2, 1), change(1, 2, "webhook"), change(3, 1, "fetch")],
+        synced_at=format_epoch(),
     )
     assert result.outcomes == [Outcome.STALE, Outcome.APPLIED, Outcome.APPLIED, Outcome.APPLIED]
     assert result.counts == {"stale": 1, "applied": 3}
-    assert result.applied_by_source == {"poll": 1, "webhook": 1, "fetch": 1}
     assert result.written == 3
     rows = mirror(store)
     assert {rid: (r["_version"], r["_source"], r["_authority"]) for rid, r in rows.items()} == {
@@ -177,15 +181,15 @@ def test_apply_writes_counts_and_sources(store: Store) -> None:
         2: (1, "poll", 2),
         3: (1, "fetch", 2),
     }
-    again = apply_batch(store, [change(1, 2, "webhook"), change(2, 1)])
+    again = apply_batch(store, [change(1, 2, "webhook"), change(2, 1)], synced_at=format_epoch())
     assert again.counts == {"duplicate": 2}
     assert again.written == 0
 
 
 def test_apply_conflict_writes_and_logs(store: Store, caplog: pytest.LogCaptureFixture) -> None:
-    apply_batch(store, [change(7, 3, "webhook", status="shipped")])
-    with caplog.at_level(logging.WARNING, logger="syncd.core.reconcile"):
-        result = apply_batch(store, [change(7, 3, "poll", status="approved")])
+    apply_batch(store, [change(7, 3, "webhook", status="shipped")], synced_at=format_epoch())
+    with caplog.at_level(logging.WARNING, logger="syncd.store.apply"):
+        result = apply_batch(store, [change(7, 3, "poll", status="approved")], synced_at=format_epoch())
     assert result.outcomes == [Outcome.CONFLICT]
     assert mirror(store)[7]["status"] == "approved"
     assert "conflict: orders 7 v3" in caplog.text
@@ -208,11 +212,11 @@ def test_mixed_source_conflict_converges_in_every_arrival_order(store: Store, tm
         for split in range(4):
             s = Store(tmp_path / f"m{n}-{split}.db")
             if split < 3:
-                apply_batch(s, list(order[:split]))
-                apply_batch(s, list(order[split:]))
+                apply_batch(s, list(order[:split]), synced_at=format_epoch())
+                apply_batch(s, list(order[split:]), synced_at=format_epoch())
             else:
                 for c in order:
-                    apply_batch(s, [c])
+                    apply_batch(s, [c], synced_at=format_epoch())
             row = mirror(s)[1]
             finals.add((row["status"], row["_authority"]))
             s.close()
@@ -220,9 +224,9 @@ def test_mixed_source_conflict_converges_in_every_arrival_order(store: Store, tm
 
 
 def test_confirming_keeps_the_first_source_and_sync_time(store: Store) -> None:
-    apply_batch(store, [change(source="webhook")])
+    apply_batch(store, [change(source="webhook")], synced_at=format_epoch())
     before = mirror(store)[1]
-    result = apply_batch(store, [change(source="poll")])
+    result = apply_batch(store, [change(source="poll")], synced_at=format_epoch())
     after = mirror(store)[1]
     assert result.outcomes == [Outcome.DUPLICATE]
     assert result.written == 0
@@ -234,11 +238,11 @@ def test_confirming_keeps_the_first_source_and_sync_time(store: Store) -> None:
 
 
 def test_relist_tombstones_and_a_record_seen_again_is_restored(store: Store) -> None:
-    apply_batch(store, [change(1, 2), change(2, 1, "webhook")])
-    apply_batch(store, [change(1, 2)], listed=1)
+    apply_batch(store, [change(1, 2), change(2, 1, "webhook")], synced_at=format_epoch())
+    apply_batch(store, [change(1, 2)], listed=1, synced_at=format_epoch())
     assert store.tombstone_unlisted("orders", 1, spare_since=FAR_FUTURE, now=FAR_FUTURE) == 1
     assert mirror(store)[2]["_deleted"] == 1
-    result = apply_batch(store, [change(2, 1, "webhook")])
+    result = apply_batch(store, [change(2, 1, "webhook")], synced_at=format_epoch())
     assert result.outcomes == [Outcome.RESURRECTED]
     assert result.written == 1
     row = mirror(store)[2]
@@ -246,8 +250,10 @@ def test_relist_tombstones_and_a_record_seen_again_is_restored(store: Store) -> 
 
 
 def test_apply_marks_every_listed_record_even_unchanged_ones(store: Store) -> None:
-    apply_batch(store, [change(1, 2), change(2, 1)])
-    result = apply_batch(store, [change(1, 1), change(2, 1), change(3, 1)], listed=4)
+    apply_batch(store, [change(1, 2), change(2, 1)], synced_at=format_epoch())
+    result = apply_batch(
+        store, [change(1, 1), change(2, 1), change(3, 1)], listed=4, synced_at=format_epoch()
+    )
     assert result.outcomes == [Outcome.STALE, Outcome.DUPLICATE, Outcome.APPLIED]
     assert {rid: r["_listed"] for rid, r in mirror(store).items()} == {1: 4, 2: 4, 3: 4}
 
@@ -255,7 +261,7 @@ def test_apply_marks_every_listed_record_even_unchanged_ones(store: Store) -> No
 def test_apply_joins_an_open_transaction(store: Store) -> None:
     def page_then_failing_cursor() -> None:
         with store.db.atomic():
-            apply_batch(store, [change(1, 1)])
+            apply_batch(store, [change(1, 1)], synced_at=format_epoch())
             assert store.conn.in_transaction
             raise RuntimeError("cursor write failed")
 
@@ -265,37 +271,45 @@ def test_apply_joins_an_open_transaction(store: Store) -> None:
 
 
 def test_new_fields_and_removed_fields(store: Store) -> None:
-    apply_batch(store, [change(1, 1, giftWrap=True, tags=["a"])])
-    apply_batch(store, [change(1, 2)])
+    apply_batch(store, [change(1, 1, giftWrap=True, tags=["a"])], synced_at=format_epoch())
+    apply_batch(store, [change(1, 2)], synced_at=format_epoch())
     row = mirror(store)[1]
     assert (row["giftWrap"], row["tags"], row["_version"]) == (None, None, 2)
     # Equal once both sides drop the NULLs: a duplicate, not a conflict.
-    assert apply_batch(store, [change(1, 2, giftWrap=None)]).outcomes == [Outcome.DUPLICATE]
+    assert apply_batch(store, [change(1, 2, giftWrap=None)], synced_at=format_epoch()).outcomes == [
+        Outcome.DUPLICATE
+    ]
 
 
 def test_fields_named_like_bookkeeping_are_kept_under_mapped_columns(store: Store) -> None:
     data = {"_version": 99, "_deleted": 1, "_links": {"self": "/orders/1"}}
-    apply_batch(store, [change(1, 3, **data)])
+    apply_batch(store, [change(1, 3, **data)], synced_at=format_epoch())
     row = mirror(store)[1]
     assert (row["_version"], row["_deleted"], row["_links"]) == (3, 0, '{"self":"/orders/1"}')
     assert (row["_version~2"], row["_deleted~2"]) == (99, 1)
-    assert apply_batch(store, [change(1, 3, **data)]).outcomes == [Outcome.DUPLICATE]
+    assert apply_batch(store, [change(1, 3, **data)], synced_at=format_epoch()).outcomes == [
+        Outcome.DUPLICATE
+    ]
     # The field is content like any other: a copy without it differs.
     del data["_deleted"]
-    assert apply_batch(store, [change(1, 3, **data)]).outcomes != [Outcome.DUPLICATE]
+    assert apply_batch(store, [change(1, 3, **data)], synced_at=format_epoch()).outcomes != [
+        Outcome.DUPLICATE
+    ]
 
 
 def test_string_and_integer_ids_are_distinct_records(store: Store) -> None:
-    apply_batch(store, [change(1, 1), change("1", 1)])
-    assert store.mirror_counts("orders") == (2, 0)
-    assert apply_batch(store, [change("1", 1), change(1, 1)]).counts == {"duplicate": 2}
+    apply_batch(store, [change(1, 1), change("1", 1)], synced_at=format_epoch())
+    assert mirror_counts(store.conn, "orders") == (2, 0)
+    assert apply_batch(store, [change("1", 1), change(1, 1)], synced_at=format_epoch()).counts == {
+        "duplicate": 2
+    }
 
 
 # -- crashes: a batch is all or nothing --------------------------------------------------------
 
 
 def test_failing_write_mid_batch_leaves_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    apply_batch(store, [change(1, 1)])
+    apply_batch(store, [change(1, 1)], synced_at=format_epoch())
     before = mirror(store)
     real_write = Store.write_records
     written: list[str] = []
@@ -309,7 +323,7 @@ def test_failing_write_mid_batch_leaves_nothing(store: Store, monkeypatch: pytes
     monkeypatch.setattr(Store, "write_records", write_then_fail)
     batch = [change(1, 2), change(2, 1), change("cus_1", 1, resource="customers")]
     with pytest.raises(OSError, match="disk gone while writing customers"):
-        apply_batch(store, batch)
+        apply_batch(store, batch, synced_at=format_epoch())
     assert written == ["orders"]
     assert not store.conn.in_transaction
     assert mirror(store) == before
@@ -317,21 +331,24 @@ def test_failing_write_mid_batch_leaves_nothing(store: Store, monkeypatch: pytes
 
 
 def test_unstorable_value_costs_only_its_record(store: Store) -> None:
-    apply_batch(store, [change(1, 1)])
+    apply_batch(store, [change(1, 1)], synced_at=format_epoch())
     # A value no JSON text exists for fails the second resource's write, after the first's;
     # the batch is rolled back and applied again without it.
     batch = [change(1, 2, note="new column"), change("cus_1", 1, resource="customers", bad={1, 2})]
-    result = apply_batch(store, batch)
+    result = apply_batch(store, batch, synced_at=format_epoch())
     assert result.outcomes == [Outcome.APPLIED, Outcome.INVALID]
     assert "set is not JSON serializable" in result.reasons[1]
     assert mirror(store)[1]["note"] == "new column"
     assert mirror(store, "customers") == {}
-    assert apply_batch(store, [change(1, 2, note="new column")]).outcomes == [Outcome.DUPLICATE]
+    assert apply_batch(store, [change(1, 2, note="new column")], synced_at=format_epoch()).outcomes == [
+        Outcome.DUPLICATE
+    ]
 
 
 KILL_SCRIPT = """
 import sys
-from syncd.core.reconcile import apply_batch
+from syncd.store.apply import apply_batch
+from syncd.timefmt import format_epoch
 from syncd.core.records import Change
 from syncd.store.db import Store
 
@@ -343,7 +360,7 @@ def order(rid, version):
             "version": version}
     return Change("orders", rid, version, data["updatedAt"], data, "poll")
 
-apply_batch(store, [order(i, 1) for i in range(100)])
+apply_batch(store, [order(i, 1) for i in range(100)], synced_at=format_epoch())
 real_write = Store.write_records
 
 def announce(self, resource, records, **kwargs):
@@ -358,7 +375,7 @@ customers = [
            {"id": f"cus_{i}", "name": "n" * 200, "updatedAt": "2024-01-15T10:00:00.000Z", "version": 1}, "poll")
     for i in range(n)
 ]
-apply_batch(store, [order(i, 2) for i in range(n)] + customers)
+apply_batch(store, [order(i, 2) for i in range(n)] + customers, synced_at=format_epoch())
 print("committed", flush=True)
 """
 
@@ -388,7 +405,7 @@ def test_killed_process_leaves_the_whole_batch_or_none(tmp_path: Path) -> None:
     try:
         assert reopened.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         versions = dict(reopened.conn.execute("SELECT _version, COUNT(*) FROM orders GROUP BY _version"))
-        customers = reopened.mirror_counts("customers")[0]
+        customers = mirror_counts(reopened.conn, "customers")[0]
         # Either the whole batch (every order at v2 and every customer) or none of it.
         assert (versions, customers) in (({1: 100}, 0), ({2: n}, n))
         assert (versions, customers) == ({1: 100}, 0)

@@ -20,9 +20,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd.core.reconcile import Outcome, apply_batch, content_of, digest
+from syncd.contract import RESOURCES
+from syncd.core.reconcile import Outcome, content_of, digest
 from syncd.core.records import AUTHORITY, Change, RecordId, Source
-from syncd.store.db import MIRROR_RESOURCES, RESERVED_FIELDS, Store
+from syncd.store.apply import apply_batch
+from syncd.store.db import Store
+from syncd.store.schema import RESERVED_FIELDS
+from syncd.timefmt import format_epoch
 
 FAR_FUTURE = "9999-12-31T00:00:00.000Z"
 TS = "2024-01-15T10:00:00.000Z"
@@ -76,7 +80,7 @@ def histories(draw: st.DrawFn, max_records: int = 8) -> list[Record]:
     count = draw(st.integers(1, max_records))
     records = []
     for i in range(count):
-        resource = draw(st.sampled_from(MIRROR_RESOURCES))
+        resource = draw(st.sampled_from(RESOURCES))
         rid: RecordId = i if resource == "orders" else f"{resource[:3]}_{i}"
         states = []
         for version in range(1, draw(st.integers(1, 4)) + 1):
@@ -121,7 +125,7 @@ def fresh_store() -> Iterator[Store]:
 def snapshot(store: Store) -> dict[Key, dict[str, Any]]:
     """Every mirror row, bookkeeping included."""
     out = {}
-    for resource in MIRROR_RESOURCES:
+    for resource in RESOURCES:
         cur = store.conn.execute(f"SELECT * FROM {resource}")
         names = [d[0] for d in cur.description]
         for row in cur:
@@ -158,17 +162,17 @@ def greatest_delivered(history: Sequence[Record], changes: Sequence[Change]) -> 
 
 def apply_all(store: Store, batches: Sequence[Sequence[Change]]) -> None:
     for batch in batches:
-        apply_batch(store, batch)
+        apply_batch(store, batch, synced_at=format_epoch())
 
 
 def relist(store: Store, history: Sequence[Record], generation: int) -> int:
     """A full listing of every resource: the live records at their final state."""
     listing = [as_change(r.resource, r.final, "poll") for r in history if not r.deleted]
     with store.db.atomic():
-        apply_batch(store, listing, listed=generation)
+        apply_batch(store, listing, listed=generation, synced_at=format_epoch())
         return sum(
             store.tombstone_unlisted(resource, generation, spare_since=FAR_FUTURE, now=FAR_FUTURE)
-            for resource in MIRROR_RESOURCES
+            for resource in RESOURCES
         )
 
 
@@ -208,7 +212,7 @@ def test_any_delivery_sequence_converges_to_the_final_states(
         again = [
             as_change(k[0], by_key[k].states[delivered[k] - 1], "webhook") for k in sorted(gone, key=str)
         ]
-        result = apply_batch(store, again)
+        result = apply_batch(store, again, synced_at=format_epoch())
         assert result.outcomes == [Outcome.RESURRECTED] * len(again)
         assert not any(deleted for _, deleted, _ in converged(store).values())
 
@@ -221,7 +225,7 @@ def test_applying_a_sequence_twice_changes_nothing(data: st.DataObject, history:
     with fresh_store() as store:
         apply_all(store, batches)
         before = snapshot(store)
-        results = [apply_batch(store, batch) for batch in batches]
+        results = [apply_batch(store, batch, synced_at=format_epoch()) for batch in batches]
         # Not even bookkeeping moves: nothing is rewritten.
         assert snapshot(store) == before
         assert sum(r.written for r in results) == 0
@@ -256,7 +260,7 @@ def test_a_stale_change_never_overwrites_a_newer_one(data: st.DataObject, histor
     seen: list[Change] = []
     with fresh_store() as store:
         for batch in batches:
-            result = apply_batch(store, batch)
+            result = apply_batch(store, batch, synced_at=format_epoch())
             seen.extend(batch)
             state = converged(store)
             for key, version in greatest_delivered(history, seen).items():

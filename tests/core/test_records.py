@@ -5,9 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from syncd.contract import EVENTS, TEST_EVENT
 from syncd.core.records import (
-    KNOWN_EVENTS,
-    TEST_EVENT,
     Change,
     Envelope,
     ThinRef,
@@ -235,7 +234,7 @@ def test_full_snapshot_becomes_a_webhook_change_with_event_ids() -> None:
     ],
 )
 def test_every_known_event_maps_to_its_resource(event: str, resource: str) -> None:
-    assert event in KNOWN_EVENTS
+    assert event in EVENTS
     assert resource_for_event(event) == resource
     change = change_from_envelope(Envelope("evt_1", event, None, CUSTOMER))
     assert isinstance(change, Change)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from syncd.sim.server import free_port
-from syncd.store.db import parse_iso
+from syncd.timefmt import to_epoch as parse_iso
 from tests.e2e.conftest import API_KEY, DaemonProcess, SimProcess, wait_until
 
 KILLS = int(os.environ.get("SYNCD_CHAOS_KILLS", "20"))

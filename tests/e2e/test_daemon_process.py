@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from syncd.signatures import sign
-from syncd.store.db import utc_iso
+from syncd.timefmt import format_epoch as utc_iso
 from tests.e2e.conftest import (
     API_KEY,
     START_TIMEOUT,

@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from syncd.signatures import sign
-from syncd.store.db import Store, utc_iso
+from syncd.store.db import Store
+from syncd.timefmt import format_epoch as utc_iso
 from tests.e2e.conftest import (
     API_KEY,
     START_TIMEOUT,

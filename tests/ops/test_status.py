@@ -14,10 +14,15 @@ from click.testing import CliRunner
 
 from syncd.cli import main
 from syncd.config import Config, load_config
-from syncd.core.reconcile import apply_batch
 from syncd.core.records import Change
 from syncd.ops import status as st
-from syncd.store.db import Store, parse_iso, utc_iso
+from syncd.store import schema as keys
+from syncd.store.apply import apply_batch
+from syncd.store.db import Store
+from syncd.store.dead_letters import add_dead_letter
+from syncd.timefmt import format_epoch
+from syncd.timefmt import format_epoch as utc_iso
+from syncd.timefmt import to_epoch as parse_iso
 
 NOW = 1_800_000_000.0
 
@@ -45,6 +50,7 @@ def populate(store: Store) -> None:
                 Change("orders", 2, 1, utc_iso(NOW - 20), {"id": 2, "version": 1}, "webhook"),
                 Change("customers", "cus_1", 1, utc_iso(NOW - 5), {"id": "cus_1", "version": 1}, "poll"),
             ],
+            synced_at=format_epoch(),
         )
         store.conn.execute("UPDATE orders SET _deleted=1 WHERE id=2")
         store.set_cursor("orders", utc_iso(NOW - 30))
@@ -66,19 +72,19 @@ def populate(store: Store) -> None:
             " VALUES ('evt_4', ?, '127.0.0.1', '{}', x'7b7d')",
             (NOW - 3,),
         )
-        store.add_dead_letter("evt_5", "order.created", NOW - 60, "missing version", b"{}")
-        store.add_dead_letter("evt_6", "order.created", NOW - 60, "missing version", b"{}")
+        add_dead_letter(store.conn, "evt_5", "order.created", NOW - 60, "missing version", b"{}")
+        add_dead_letter(store.conn, "evt_6", "order.created", NOW - 60, "missing version", b"{}")
         store.conn.execute(
             "UPDATE _dead_letters SET replayed_at=?, replay_outcome='applied' WHERE event_id='evt_6'", (NOW,)
         )
         for key, value in {
-            st.META_MODE: "fallback",
-            st.META_MODE_REASON: "silence: no webhook for 300s and a poll found 2 change(s)",
-            st.META_MODE_SINCE: utc_iso(NOW - 100),
-            st.META_MODE_SWITCHES: "3",
-            st.META_DAEMON_PID: str(os.getpid()),
-            st.META_DAEMON_STARTED: utc_iso(NOW - 1000),
-            st.META_HEARTBEAT: utc_iso(NOW - 1),
+            keys.META_MODE: "fallback",
+            keys.META_MODE_REASON: "silence: no webhook for 300s and a poll found 2 change(s)",
+            keys.META_MODE_SINCE: utc_iso(NOW - 100),
+            keys.META_MODE_SWITCHES: "3",
+            keys.META_DAEMON_PID: str(os.getpid()),
+            keys.META_DAEMON_STARTED: utc_iso(NOW - 1000),
+            keys.META_HEARTBEAT: utc_iso(NOW - 1),
         }.items():
             store.set_meta(key, value)
 
@@ -133,8 +139,8 @@ def test_report_from_a_populated_store(tmp_path: Path) -> None:
 def test_report_of_a_fresh_store_and_a_stale_heartbeat(tmp_path: Path) -> None:
     cfg = config(tmp_path, mode="poll")
     store = Store(cfg.store.path)
-    store.set_meta(st.META_DAEMON_PID, str(os.getpid()))
-    store.set_meta(st.META_HEARTBEAT, utc_iso(NOW - 10 * st.HEARTBEAT_PERIOD))
+    store.set_meta(keys.META_DAEMON_PID, str(os.getpid()))
+    store.set_meta(keys.META_HEARTBEAT, utc_iso(NOW - 10 * keys.HEARTBEAT_PERIOD))
     store.conn.commit()
     store.close()
     report = st.collect_status(cfg, now=NOW)

@@ -15,7 +15,8 @@ from click.testing import CliRunner, Result
 from syncd.cli import main
 from syncd.sim.config import SimConfig
 from syncd.sim.server import SimHandle, running_simulator
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 from tests.poll_helpers import mirror_versions, write_config_file
 
 ENV = {"SYNCD_TEST_API_KEY": "test-key"}

@@ -15,7 +15,8 @@ from syncd.api import Page
 from syncd.errors import ApiTransientError
 from syncd.poll.poller import Poller
 from syncd.poll.transactions import commit_page
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 from tests.poll_helpers import make_config
 
 

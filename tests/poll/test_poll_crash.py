@@ -29,7 +29,8 @@ import asyncio, sys
 from syncd.api import PetstoreClient
 from syncd.config import Config, Secrets
 from syncd.poll.poller import Poller
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 
 url, db = sys.argv[1], sys.argv[2]
 cfg = Config.model_validate(

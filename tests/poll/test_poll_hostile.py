@@ -23,12 +23,13 @@ from syncd.config import Config
 from syncd.errors import ListingLoopError
 from syncd.metrics import Metrics
 from syncd.ops.status import collect_status
-from syncd.poll.listing_guards import META_RELIST_HELD
 from syncd.poll.poller import Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
 from syncd.sim.config import SimConfig
 from syncd.sim.server import running_simulator
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.schema import META_RELIST_HELD
+from syncd.store.writer import Writer
 from tests.hostile_listing import API_KEY, Listing, running_hostile_api
 from tests.poll_helpers import cursor_of, make_config, mirror_versions
 

@@ -13,13 +13,17 @@ from click.testing import CliRunner
 
 from syncd.api import PetstoreClient
 from syncd.cli import main
-from syncd.core.reconcile import apply_batch
 from syncd.core.records import parse_record
 from syncd.metrics import Metrics
 from syncd.poll.poller import Poller
 from syncd.sim.config import FaultConfig, SimConfig
 from syncd.sim.server import SimHandle, running_simulator
-from syncd.store.db import Store, Writer, parse_iso, utc_iso
+from syncd.store.apply import apply_batch
+from syncd.store.db import Store
+from syncd.store.writer import Writer
+from syncd.timefmt import format_epoch
+from syncd.timefmt import format_epoch as utc_iso
+from syncd.timefmt import to_epoch as parse_iso
 from tests.poll_helpers import cursor_of, drift, make_config, mirror_versions, write_config_file
 
 RESOURCES = ("orders", "customers", "inventory")
@@ -187,7 +191,7 @@ async def test_applied_counts_what_webhooks_did_not_bring(
         # Deliver half of the changes the way a webhook would.
         bodies = [sim.call(sim.simulator.tables["orders"].get, rid) for rid in changed[::2]]
         delivered = [parse_record("orders", json.loads(b), "webhook") for b in bodies]
-        await writer.run(apply_batch, delivered)
+        await writer.run(lambda s: apply_batch(s, delivered, synced_at=format_epoch()))
         result = await poller.poll("orders")
     assert result.kind == "incremental"
     assert result.applied == len(changed) - len(delivered)
@@ -267,7 +271,11 @@ async def test_full_relist_tombstones_spares_and_restores(
         sim.control({"max_lag": 30})
         fresh_id = sim.call(sim.simulator.shop.register_customer, int(time.time() * 1000))
         body = sim.call(sim.simulator.tables["customers"].get, fresh_id)
-        await writer.run(apply_batch, [parse_record("customers", json.loads(body), "webhook")])
+        await writer.run(
+            lambda s: apply_batch(
+                s, [parse_record("customers", json.loads(body), "webhook")], synced_at=format_epoch()
+            )
+        )
 
         first = await Poller(client, writer, cfg).full_relist("customers")
         live = mirror_versions(path, "customers")

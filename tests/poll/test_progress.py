@@ -10,7 +10,8 @@ import pytest
 from rich.console import Console
 
 from syncd.poll.progress import LogProgress, RichProgress, make_progress
-from syncd.store.db import parse_iso, utc_iso
+from syncd.timefmt import format_epoch as utc_iso
+from syncd.timefmt import to_epoch as parse_iso
 
 
 class Clock:

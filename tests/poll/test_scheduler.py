@@ -17,7 +17,8 @@ from syncd.poll.poller import Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
 from syncd.sim.config import FaultConfig, SimConfig
 from syncd.sim.server import SimHandle, running_simulator
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 from tests.poll_helpers import cursor_of, make_config, mirror_versions
 
 RESOURCES = ("orders", "customers", "inventory")

@@ -14,8 +14,9 @@ import respx
 from syncd.api import PetstoreClient
 from syncd.metrics import Metrics
 from syncd.push.inbox import Delivery, Inbox
-from syncd.push.inbox_worker import InboxWorker, replay_dead_letters
-from syncd.store.db import Writer
+from syncd.push.inbox_worker import InboxWorker
+from syncd.push.replay import replay_dead_letters
+from syncd.store.writer import Writer
 from tests.webhook_support import envelope, order, read_db
 
 API = "http://api.test/v1"

@@ -261,7 +261,8 @@ from syncd.config import WebhookConfig
 from syncd.push.inbox import Inbox
 from syncd.push.audit import AuditLog
 from syncd.push.receiver_app import create_receiver_app, uvicorn_config
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 from syncd.push.inbox_worker import InboxWorker
 
 async def main(db, port):

@@ -18,7 +18,7 @@ from syncd.metrics import Metrics
 from syncd.poll.poller import Poller
 from syncd.push.inbox import Delivery, Inbox
 from syncd.push.inbox_worker import InboxWorker
-from syncd.store.db import Writer
+from syncd.store.writer import Writer
 from tests.fake_clocks import FastForward, ManualClock
 from tests.hostile_api import HostileApi, Seen, http_response
 from tests.poll_helpers import make_config

@@ -17,7 +17,8 @@ from syncd.config import Config, load_config
 from syncd.service.daemon import Daemon
 from syncd.service.systemd import Notifier
 from syncd.sim.server import SimHandle
-from syncd.store.db import Store, utc_iso
+from syncd.store.db import Store
+from syncd.timefmt import format_epoch as utc_iso
 from tests.webhook_support import PATH, SECRET, signed_headers
 
 WAIT = 30.0

@@ -19,7 +19,8 @@ from syncd.poll.poller import PollResult
 from syncd.poll.scheduler import PollScheduler
 from syncd.service.modes import ModeControl
 from syncd.service.systemd import Notifier
-from syncd.store.db import Store, Writer
+from syncd.store.db import Store
+from syncd.store.writer import Writer
 
 RESOURCES = ("orders", "customers")
 

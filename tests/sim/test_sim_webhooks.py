@@ -12,7 +12,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from syncd.sim.config import RETRY_SCHEDULE
+from syncd.contract import RETRY_SCHEDULE
 from tests.sim.conftest import Receiver, StartSim, api_client, register
 
 EVENT_ID = re.compile(r"^evt_[0-9A-HJKMNP-TV-Z]{26}$")

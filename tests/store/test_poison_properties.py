@@ -15,12 +15,15 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from syncd.core.reconcile import Outcome, apply_batch
+from syncd.core.reconcile import Outcome
 from syncd.core.records import Change, parse_record
 from syncd.errors import RecordError
 from syncd.poll.transactions import Rejected, commit_page
-from syncd.push.inbox_worker import EventProcessor, Pending, settle
+from syncd.push.inbox_worker import commit_outcomes
+from syncd.push.processor import EventProcessor, InboxItem
+from syncd.store.apply import apply_batch
 from syncd.store.db import Store
+from syncd.timefmt import format_epoch
 from tests.webhook_support import order
 
 #: A column limit generated records reach (orders start with 16 columns): a record whose new
@@ -124,7 +127,7 @@ def assert_good_mirrored(s: Store, good: list[dict[str, Any]]) -> None:
 def assert_redelivery_writes_nothing(s: Store, changes: list[Change]) -> None:
     # What the mirror took compares equal to itself: a re-delivery is a duplicate (or stale
     # next to a greater copy of the same record), never a write.
-    again = apply_batch(s, changes)
+    again = apply_batch(s, changes, synced_at=format_epoch())
     assert again.written == 0, again.counts
     assert Outcome.INVALID.value not in again.counts
 
@@ -140,7 +143,7 @@ def test_any_listing_page_is_mirrored_or_dead_lettered(batch: tuple[Any, ...]) -
     records = bad + good
     rnd.shuffle(records)
     with store() as s:
-        apply_batch(s, [parse_record("orders", order(999), "poll")])
+        apply_batch(s, [parse_record("orders", order(999), "poll")], synced_at=format_epoch())
         # As the poller prepares a page: what does not parse is rejected with its reason.
         changes: list[Change] = []
         rejected: list[Rejected] = []
@@ -175,7 +178,7 @@ def test_any_webhook_batch_is_mirrored_or_dead_lettered(batch: tuple[Any, ...]) 
     records = bad + good
     rnd.shuffle(records)
     items = [
-        Pending(
+        InboxItem(
             f"evt_{i}",
             NOW,
             json.dumps({"eventId": f"evt_{i}", "event": "order.updated", "data": record}).encode(),
@@ -185,7 +188,7 @@ def test_any_webhook_batch_is_mirrored_or_dead_lettered(batch: tuple[Any, ...]) 
     ]
     with store() as s:
         settled = asyncio.run(EventProcessor(None, fetch_thin=False).prepare(items))
-        outcomes = settle(s, settled, NOW)
+        outcomes = commit_outcomes(s, settled, NOW)
         assert len(outcomes) == len(items)
         invalid = {x.item.event_id: x.reason for x in settled if x.outcome == "invalid"}
         assert all(invalid.values())

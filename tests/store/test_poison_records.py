@@ -32,12 +32,15 @@ from starlette.routing import Route
 from syncd.api import PetstoreClient
 from syncd.cli import main
 from syncd.config import WebhookConfig
-from syncd.core.reconcile import apply_batch
 from syncd.core.records import parse_record
 from syncd.ops.status import collect_status
 from syncd.poll.poller import Poller
-from syncd.push.inbox_worker import InboxWorker, replay_dead_letters
-from syncd.store.db import Store, Writer
+from syncd.push.inbox_worker import InboxWorker
+from syncd.push.replay import replay_dead_letters
+from syncd.store.apply import apply_batch
+from syncd.store.db import Store
+from syncd.store.writer import Writer
+from syncd.timefmt import format_epoch
 from tests.poll_helpers import cursor_of, make_config, write_config_file
 from tests.webhook_support import envelope, order, running_receiver, serve_app, signed_headers
 
@@ -258,11 +261,11 @@ async def test_case_variants_all_survive_and_round_trip(tmp_path: Path) -> None:
         )
         assert "ToTaL" not in content  # NULL, as the record had it
         assert store.field_columns("orders")["Total"] == "Total~2"
-        result = apply_batch(store, [parse_record("orders", record, "webhook")])
+        result = apply_batch(store, [parse_record("orders", record, "webhook")], synced_at=format_epoch())
         assert result.counts == {"duplicate": 1}
         # A new spelling arriving later takes the next free suffix; old ones keep theirs.
         later = order(2, tOTAL=3)
-        apply_batch(store, [parse_record("orders", later, "webhook")])
+        apply_batch(store, [parse_record("orders", later, "webhook")], synced_at=format_epoch())
         assert store.field_columns("orders")["tOTAL"] == "tOTAL~5"
         assert store.mirror_contents("orders", [2])[2]["tOTAL"] == 3
     finally:
@@ -317,7 +320,7 @@ async def test_poison_in_a_listing_page_costs_only_itself(tmp_path: Path, kind: 
     poison = ALL_KINDS[kind]
     db = tmp_path / "mirror.db"
     store = Store(db)
-    apply_batch(store, [parse_record("orders", stamped(order(100), 1), "poll")])
+    apply_batch(store, [parse_record("orders", stamped(order(100), 1), "poll")], synced_at=format_epoch())
     store.close()
     # Page size 2: the poison shares a page with a good record, and good pages follow.
     records = [
@@ -431,7 +434,11 @@ async def test_a_relist_does_not_tombstone_a_record_whose_listed_copy_is_a_dead_
 ) -> None:
     db = tmp_path / "mirror.db"
     store = Store(db)
-    apply_batch(store, [parse_record("orders", stamped(order(rid), 1), "poll") for rid in (1, 2, 3, 4)])
+    apply_batch(
+        store,
+        [parse_record("orders", stamped(order(rid), 1), "poll") for rid in (1, 2, 3, 4)],
+        synced_at=format_epoch(),
+    )
     store.close()
     # Record 2 comes back at a version SQLite cannot hold, 3 with too many fields; 4 is gone.
     too_wide = {f"f{i}": i for i in range(COLUMN_LIMIT)}

@@ -8,22 +8,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.core.reconcile import apply_batch
+from syncd.contract import RESOURCES
 from syncd.core.records import parse_record
+from syncd.core.values import to_column_value, to_json_text
 from syncd.errors import StoreClosedError, StoreError
-from syncd.store.db import (
-    BOOKKEEPING_COLUMNS,
-    MIRROR_RESOURCES,
-    SCHEMA_VERSION,
-    Store,
-    Writer,
-    insert_values,
-    parse_iso,
-    running_writer,
-    to_column_value,
-    to_json_text,
-    utc_iso,
-)
+from syncd.store.apply import apply_batch
+from syncd.store.audit import add_audit
+from syncd.store.db import Store
+from syncd.store.dead_letters import add_dead_letter
+from syncd.store.events import known_events, prune
+from syncd.store.mirror import mirror_counts
+from syncd.store.schema import BOOKKEEPING_COLUMNS, SCHEMA_VERSION
+from syncd.store.sql import insert_values
+from syncd.store.writer import Writer, running_writer
+from syncd.timefmt import format_epoch
+from syncd.timefmt import format_epoch as utc_iso
+from syncd.timefmt import to_epoch as parse_iso
 
 SYNCED = "2024-01-15T10:30:00.000Z"
 
@@ -84,8 +84,8 @@ def test_store_uses_wal_and_full_sync(store: Store, tmp_path: Path) -> None:
 def test_new_store_is_at_the_current_schema_with_every_table(store: Store) -> None:
     assert store.schema_version() == SCHEMA_VERSION
     tables = set(store.db.table_names())
-    assert {*MIRROR_RESOURCES, "_meta", "_cursors", "_events", "_inbox", "_dead_letters", "_audit"} <= tables
-    for resource in MIRROR_RESOURCES:
+    assert {*RESOURCES, "_meta", "_cursors", "_events", "_inbox", "_dead_letters", "_audit"} <= tables
+    for resource in RESOURCES:
         assert {"id", "_version", "_source", "_synced_at", "_deleted", "_deleted_at", "_listed"} <= (
             store.columns(resource)
         )
@@ -131,9 +131,15 @@ def test_migration_to_version_5_maps_the_columns_fields_already_have(tmp_path: P
         assert all(field == col for field, col in mapping.items())
         assert not set(mapping) & set(BOOKKEEPING_COLUMNS)
         # Stored before the migration, the record is still a duplicate of itself.
-        assert apply_batch(new, [parse_record("orders", record, "poll")]).counts == {"duplicate": 1}
+        assert apply_batch(
+            new, [parse_record("orders", record, "poll")], synced_at=format_epoch()
+        ).counts == {"duplicate": 1}
         # A bookkeeping name arriving now gets a mapped column next to the old ones.
-        apply_batch(new, [parse_record("orders", {**record, "version": 4, "_source": "x"}, "poll")])
+        apply_batch(
+            new,
+            [parse_record("orders", {**record, "version": 4, "_source": "x"}, "poll")],
+            synced_at=format_epoch(),
+        )
         assert new.field_columns("orders")["_source"] == "_source~2"
         assert row(new, "orders", 1)["_source"] == "poll"
     finally:
@@ -174,8 +180,8 @@ def test_migration_from_version_1_keeps_the_data(tmp_path: Path) -> None:
             "_deleted": 0,
             "_listed": 0,
         }
-        assert new.mirror_counts("orders") == (1, 1)
-        assert new.known_events(["evt_1", "evt_2"]) == {"evt_1"}
+        assert mirror_counts(new.conn, "orders") == (1, 1)
+        assert known_events(new.conn, ["evt_1", "evt_2"]) == {"evt_1"}
         cursor = new.cursor_state("orders")
         assert (cursor.cursor, cursor.relist_generation, cursor.last_changes) == (SYNCED, 0, 0)
         # The upgraded tables take new writes.
@@ -277,17 +283,16 @@ def test_unknown_resource_is_a_store_error(store: Store) -> None:
         store.columns("pets")
 
 
-def test_mirror_versions_and_counts(store: Store) -> None:
+def test_mirror_counts_live_and_tombstoned(store: Store) -> None:
     store.write_records("orders", [(order(i, i), i, "poll") for i in (1, 2, 3)], synced_at=SYNCED)
     store.conn.execute("UPDATE orders SET _deleted=1 WHERE id=2")
-    assert list(store.mirror_versions("orders")) == [(1, 1, False), (3, 3, False)]
-    assert list(store.mirror_versions("orders", include_deleted=True)) == [
-        (1, 1, False),
-        (2, 2, True),
-        (3, 3, False),
+    assert store.conn.execute("SELECT id, _version, _deleted FROM orders ORDER BY id").fetchall() == [
+        (1, 1, 0),
+        (2, 2, 1),
+        (3, 3, 0),
     ]
-    assert store.mirror_counts("orders") == (2, 1)
-    assert store.mirror_counts("customers") == (0, 0)
+    assert mirror_counts(store.conn, "orders") == (2, 1)
+    assert mirror_counts(store.conn, "customers") == (0, 0)
 
 
 # -- tombstones ------------------------------------------------------------------------------
@@ -387,14 +392,15 @@ def test_prune_forgets_old_events_and_audit_rows_but_never_pending_ones(store: S
             _event("recent", now - day, "applied"),
         ],
     )
-    store.add_audit(
+    add_audit(
+        store.conn,
         [
             (now - 8 * day, "127.0.0.1", "POST", "/webhooks/petstore", 401, "bad signature", None, 10),
             (now - 60, "127.0.0.1", "POST", "/webhooks/petstore", 200, "accepted", "recent", 99),
-        ]
+        ],
     )
-    assert store.prune(now, dedupe_retention=7 * day, audit_retention=7 * day) == (2, 1)
-    assert store.known_events(["old-applied", "old-stale", "old-pending", "recent"]) == {
+    assert prune(store, now, dedupe_retention=7 * day, audit_retention=7 * day) == (2, 1)
+    assert known_events(store.conn, ["old-applied", "old-stale", "old-pending", "recent"]) == {
         "old-pending",
         "recent",
     }
@@ -402,7 +408,7 @@ def test_prune_forgets_old_events_and_audit_rows_but_never_pending_ones(store: S
 
 
 def test_dead_letters_keep_the_body(store: Store) -> None:
-    store.add_dead_letter("evt_9", "order.created", 5.0, "version must be an integer", b'{"x":1}')
+    add_dead_letter(store.conn, "evt_9", "order.created", 5.0, "version must be an integer", b'{"x":1}')
     assert store.conn.execute("SELECT event_id, reason, body, replayed_at FROM _dead_letters").fetchall() == [
         ("evt_9", "version must be an integer", b'{"x":1}', None)
     ]
