@@ -10,6 +10,7 @@ stamina's test mode.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,3 +45,15 @@ def retry_attempts() -> int:
 def no_backoff(retry_attempts: int) -> Iterator[None]:
     with stamina.set_testing(True, attempts=retry_attempts, cap=True):
         yield
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    """Root logger handlers and level as they were: setup_logging replaces them."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)

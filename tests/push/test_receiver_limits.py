@@ -10,7 +10,7 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -217,18 +217,7 @@ async def test_ten_thousand_404s_write_a_bounded_number_of_audit_rows(tmp_path: 
         assert rx.query("SELECT count(*) FROM _audit WHERE status = 200") == [(2,)]
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-
-
-@pytest.mark.usefixtures("root_logging")
+@pytest.mark.usefixtures("restore_root")
 @pytest.mark.parametrize("fmt", ["text", "json"])
 async def test_a_path_with_line_breaks_and_escapes_is_logged_escaped(tmp_path: Path, fmt: str) -> None:
     out = io.StringIO()
