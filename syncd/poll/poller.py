@@ -29,10 +29,11 @@ from syncd.contract import VISIBILITY_LAG
 from syncd.core.reconcile import BatchResult, Outcome
 from syncd.core.records import Change, parse_record
 from syncd.errors import CursorExpiredError, ListingLoopError, RecordError
+from syncd.poll import transactions
 from syncd.poll.cursor import FutureSightings, instant_ms, later, trust_limit, trusted_cursor
 from syncd.poll.listing_guards import PagingGuard, RelistGuard
 from syncd.poll.progress import ProgressReporter
-from syncd.poll.transactions import PageGroup, Rejected, commit_page, finish_listing, start_relist
+from syncd.poll.transactions import PageGroup, Rejected
 from syncd.store.writer import Writer
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class Poller:
             listing_start = self.clock()
             poll = self.cfg.poll
             generation, prev_cursor, live, problem = await self.writer.run(
-                start_relist, resource, listing_start, poll.max_clock_skew
+                transactions.start_relist, resource, listing_start, poll.max_clock_skew
             )
             result = PollResult(resource, "full", initial=prev_cursor is None and problem is None)
             if problem is not None:
@@ -176,6 +177,8 @@ class Poller:
         result.cursor = prev_cursor
         started = time.monotonic()
         report = self.progress if result.kind == "full" else None
+        if result.initial:
+            await self.writer.run(transactions.begin_initial_sync, resource)
         if report is not None:
             report.start(resource, "first sync" if result.initial else "full relist")
         # Where this listing has got to (its own largest updatedAt), to resume after an
@@ -237,7 +240,7 @@ class Poller:
         result.stopped = self._stop.is_set()
         finish = relist if not result.stopped else None
         result.tombstoned, result.held_back = await self.writer.run(
-            finish_listing, resource, self.clock(), result.applied, finish
+            transactions.finish_listing, resource, self.clock(), result.applied, finish
         )
         result.duration = time.monotonic() - started
         if report is not None:
@@ -347,7 +350,7 @@ class Poller:
     def _submit(self, group: PageGroup, generation: int | None) -> PageGroup:
         group.future = asyncio.wrap_future(
             self.writer.submit(
-                commit_page,
+                transactions.commit_page,
                 group.resource,
                 group.changes,
                 group.page_max,

@@ -23,7 +23,7 @@ from syncd.store.apply import apply_batch
 from syncd.store.db import Store
 from syncd.store.dead_letters import add_dead_letter
 from syncd.store.mirror import mirror_counts
-from syncd.store.schema import META_RELIST_HELD
+from syncd.store.schema import META_INITIAL_SYNC, META_RELIST_HELD
 
 #: A listed record that could not be parsed: (the record, why, its id as text if it has one).
 Rejected = tuple[object, str, str | None]
@@ -80,7 +80,8 @@ def commit_page(
     so a listing never moves it backwards past what another listing of the same resource
     committed meanwhile."""
     with store.db.atomic():
-        result = apply_batch(store, changes, synced_at=timefmt.format_epoch(), listed=listed)
+        initial = store.recorder is not None and store.get_meta(META_INITIAL_SYNC + resource) is not None
+        result = apply_batch(store, changes, synced_at=timefmt.format_epoch(), listed=listed, initial=initial)
         if listed is not None:
             # The listing did return these records: a relist must not tombstone an older
             # copy of one merely because the copy listed now cannot be stored.
@@ -160,10 +161,30 @@ def finish_listing(
                 held = relist.describe(resource, would)
                 store.set_meta(META_RELIST_HELD + resource, held)
             else:
-                tombstoned = store.tombstone_unlisted(
-                    resource, relist.generation, spare_since=relist.spare_since, now=timefmt.format_epoch(at)
+                now = timefmt.format_epoch(at)
+                ids = store.tombstone_unlisted(
+                    resource, relist.generation, spare_since=relist.spare_since, now=now
                 )
+                tombstoned = len(ids)
+                if store.recorder is not None and ids:
+                    store.recorder.append(store, store.recorder.for_tombstones(store, resource, ids, at=now))
                 store.delete_meta(META_RELIST_HELD + resource)
             store.update_cursor_meta(resource, last_full_relist_at=at)
         store.update_cursor_meta(resource, last_success_at=at, last_changes=changes)
+        store.delete_meta(META_INITIAL_SYNC + resource)
     return tombstoned, held
+
+
+def begin_initial_sync(store: Store, resource: str) -> bool:
+    """Before a listing without a cursor: when the resource's mirror is empty, mark the
+    listing as its initial sync until a listing of it completes (a crash or a stop in
+    between leaves the mark, so the rest of the first sync is initial too). Returns whether
+    the resource is in its initial sync."""
+    key = META_INITIAL_SYNC + resource
+    with store.db.atomic():
+        if store.get_meta(key) is not None:
+            return True
+        if mirror_counts(store.conn, resource) != (0, 0):
+            return False
+        store.set_meta(key, timefmt.format_epoch())
+    return True

@@ -47,8 +47,11 @@ def commit_outcomes(store: Store, settled: Sequence[Settled], now: float) -> lis
     """Apply, record outcomes, dead-letter and dequeue, all in one transaction. Events left
     with RETRY are not touched. Returns each event's outcome."""
     # Inbox rows can be applied again if this commit is lost; a dead letter's replay cannot.
-    from_inbox = all(s.item.seq is not None for s in settled)
-    with replayable_transaction(store) if from_inbox else store.db.atomic():
+    # Neither can a change of the log: a sink may deliver it the moment it commits, and a
+    # commit lost after that would hand its seq to another change. So with the log on, the
+    # commit is synced (SQLite cannot raise the sync level once the transaction has begun).
+    replayable = store.recorder is None and all(s.item.seq is not None for s in settled)
+    with replayable_transaction(store) if replayable else store.db.atomic():
         done = [s for s in settled if s.outcome is not EventOutcome.RETRY]
         changes = [s for s in done if s.change is not None]
         if changes:

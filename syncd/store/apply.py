@@ -51,11 +51,19 @@ def _reason(exc: Exception) -> str:
 
 
 def apply_batch(
-    store: Store, changes: Sequence[Change], *, synced_at: str, listed: int | None = None
+    store: Store,
+    changes: Sequence[Change],
+    *,
+    synced_at: str,
+    listed: int | None = None,
+    initial: bool = False,
 ) -> BatchResult:
     """Decide a batch against the stored versions and write the winners, stamped `synced_at`
     (RFC 3339; the caller's clock). Runs on the writer thread; call it inside `store.db.atomic()` to make it one transaction with other writes
     (the poller's cursor); on its own it opens its own transaction.
+
+    Each state written is one change of the log (`store.recorder`), in the same
+    transaction; `initial` says the batch belongs to the first full sync of an empty mirror.
 
     A record that cannot be stored costs only itself: the batch's writes are rolled back to
     a savepoint and the batch is split in halves until the records at fault stand alone;
@@ -68,16 +76,16 @@ def apply_batch(
         # isolate the culprits in a new one.
         try:
             with store.db.atomic():
-                return _apply(store, changes, synced_at, listed)
+                return _apply(store, changes, synced_at, listed, initial)
         except Exception as exc:
             if not _record_fault(exc):
                 raise
             store.forget_schema()
         with store.db.atomic():
-            return apply_batch(store, changes, synced_at=synced_at, listed=listed)
+            return apply_batch(store, changes, synced_at=synced_at, listed=listed, initial=initial)
     try:
         with store.db.atomic():
-            return _apply(store, changes, synced_at, listed)
+            return _apply(store, changes, synced_at, listed, initial)
     except Exception as exc:
         if not _record_fault(exc):
             raise
@@ -86,8 +94,8 @@ def apply_batch(
             return _rejected(changes[0], exc)
     result = BatchResult([Outcome.STALE] * len(changes))
     half = len(changes) // 2
-    _isolate(store, changes, list(range(half)), synced_at, listed, result)
-    _isolate(store, changes, list(range(half, len(changes))), synced_at, listed, result)
+    _isolate(store, changes, list(range(half)), synced_at, listed, initial, result)
+    _isolate(store, changes, list(range(half, len(changes))), synced_at, listed, initial, result)
     return result
 
 
@@ -103,6 +111,7 @@ def _isolate(
     indexes: list[int],
     synced_at: str,
     listed: int | None,
+    initial: bool,
     into: BatchResult,
 ) -> None:
     """Apply `changes[i] for i in indexes` in a savepoint; on a record's fault, halve and
@@ -113,7 +122,7 @@ def _isolate(
     part = [changes[i] for i in indexes]
     try:
         with store.db.atomic():
-            result = _apply(store, part, synced_at, listed)
+            result = _apply(store, part, synced_at, listed, initial)
     except Exception as exc:
         if not _record_fault(exc):
             raise
@@ -122,8 +131,8 @@ def _isolate(
             result = _rejected(part[0], exc)
         else:
             half = len(indexes) // 2
-            _isolate(store, changes, indexes[:half], synced_at, listed, into)
-            _isolate(store, changes, indexes[half:], synced_at, listed, into)
+            _isolate(store, changes, indexes[:half], synced_at, listed, initial, into)
+            _isolate(store, changes, indexes[half:], synced_at, listed, initial, into)
             return
     for j, i in enumerate(indexes):
         into.outcomes[i] = result.outcomes[j]
@@ -132,7 +141,9 @@ def _isolate(
     into.counts.update(result.counts)
 
 
-def _apply(store: Store, changes: Sequence[Change], synced_at: str, listed: int | None) -> BatchResult:
+def _apply(
+    store: Store, changes: Sequence[Change], synced_at: str, listed: int | None, initial: bool
+) -> BatchResult:
     by_resource: dict[str, list[Change]] = {}
     for change in changes:
         group = by_resource.get(change.resource)
@@ -159,6 +170,14 @@ def _apply(store: Store, changes: Sequence[Change], synced_at: str, listed: int 
             stored[(resource, rid)] = state
     plan = plan_batch(changes, stored)
     outcomes = plan.outcomes
+    recorder = store.recorder
+    # Built before the writes: a record without a usable previous change is compared with
+    # its row as it was.
+    logged = (
+        recorder.for_writes(store, changes, plan, stored, at=synced_at, initial=initial)
+        if recorder is not None and plan.writes
+        else ()
+    )
     writes: dict[str, list[tuple[Mapping[str, Any], int, str]]] = {}
     for i in plan.writes:
         change = changes[i]
@@ -173,6 +192,9 @@ def _apply(store: Store, changes: Sequence[Change], synced_at: str, listed: int 
             )
     for resource, records in writes.items():
         store.write_records(resource, records, synced_at=synced_at, listed=listed)
+    if logged:
+        assert recorder is not None
+        recorder.append(store, logged)
     confirms: dict[str, list[tuple[int, RecordId]]] = {}
     for i in plan.confirms:
         change = changes[i]

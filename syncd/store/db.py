@@ -27,7 +27,8 @@ import sqlite_utils
 from syncd.errors import StoreError
 from syncd.store.cursors import CursorTable
 from syncd.store.mirror import MirrorTables
-from syncd.store.schema import META_SCHEMA_VERSION, MIGRATIONS, SCHEMA_VERSION
+from syncd.store.recorder import ChangeRecorder
+from syncd.store.schema import META_MIRROR_ID, META_SCHEMA_VERSION, MIGRATIONS, SCHEMA_VERSION
 from syncd.store.sql import connect
 
 
@@ -36,7 +37,9 @@ class Store(MirrorTables, CursorTable):
     (`MirrorTables`) and cursors (`CursorTable`) are methods, the other tables' statements
     are in their modules."""
 
-    def __init__(self, path: str | Path, *, migrate_to: int = SCHEMA_VERSION) -> None:
+    def __init__(
+        self, path: str | Path, *, migrate_to: int = SCHEMA_VERSION, record_changes: bool = True
+    ) -> None:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +54,11 @@ class Store(MirrorTables, CursorTable):
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._init_mirror()
+        #: Writes the change log with the mirror writes (`changes.enabled`); None: no log.
+        self.recorder: ChangeRecorder | None = None
+        mirror_id = self.get_meta(META_MIRROR_ID) if migrate_to >= 6 else None
+        if record_changes and mirror_id is not None:
+            self.recorder = ChangeRecorder(mirror_id)
 
     # -- schema -------------------------------------------------------------------------
 

@@ -220,15 +220,15 @@ class MirrorTables:
                 (generation, *chunk),
             )
 
-    def tombstone_unlisted(self, resource: str, generation: int, *, spare_since: str, now: str) -> int:
+    def tombstone_unlisted(self, resource: str, generation: int, *, spare_since: str, now: str) -> list[Any]:
         """Mark deleted what the full listing of `generation` did not return, sparing records
         that changed (or were synced) since `spare_since`: they may simply not be visible to
-        listings yet. Returns how many were tombstoned."""
-        cur = self.conn.execute(
-            f"UPDATE {quote(resource)} SET _deleted=1, _deleted_at=? WHERE {_UNLISTED}",
+        listings yet. Returns the ids tombstoned (the change log records each)."""
+        rows = self.conn.execute(
+            f"UPDATE {quote(resource)} SET _deleted=1, _deleted_at=? WHERE {_UNLISTED} RETURNING id",
             (now, *self._unlisted_args(generation, spare_since)),
-        )
-        return cur.rowcount
+        ).fetchall()
+        return [row[0] for row in rows]
 
     def count_unlisted(self, resource: str, generation: int, *, spare_since: str) -> int:
         """How many records `tombstone_unlisted` would mark deleted now."""

@@ -4,13 +4,15 @@ How record values become column values is `syncd.core.values` (the reconciler co
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 
 import sqlite_utils
 
 from syncd.contract import RESOURCES
+from syncd.store import changelog
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # -- _meta keys: written by the daemon and the poller, read by `syncd status` --------------
 META_SCHEMA_VERSION = "schema_version"
@@ -23,6 +25,14 @@ META_DAEMON_STARTED = "daemon_started_at"
 META_HEARTBEAT = "daemon_heartbeat_at"
 #: Prefix of a resource's key: why its last full relist was held back (mass delete).
 META_RELIST_HELD = "relist_held_back:"
+#: The mirror's stable identity (a UUID): every change carries it, webhook-ids start with it.
+META_MIRROR_ID = "mirror_id"
+#: Prefix of a resource's key: its first full sync into an empty mirror is under way, so the
+#: records it creates are `initial` changes (logged only with `changes.include_initial`).
+META_INITIAL_SYNC = "initial_sync:"
+#: Prefix of a sink's key: an offset reset `syncd sinks reset` asked the running daemon to
+#: make (the seq as text); the daemon makes it on SIGHUP and deletes the key.
+META_SINK_RESET = "sink_reset:"
 #: The daemon refreshes its heartbeat this often; status calls it stale after 3 periods.
 HEARTBEAT_PERIOD = 5.0
 BOOKKEEPING_COLUMNS = (
@@ -188,11 +198,20 @@ def _migrate_5(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE _dead_letters ADD COLUMN source TEXT")
 
 
+def _migrate_6(db: sqlite_utils.Database) -> None:
+    # The change feed: its log, the sinks' offsets and dead letters, and the identity of this
+    # mirror that every change carries. A copy of the file keeps the identity; a new store
+    # gets a new one.
+    changelog.create_tables(db.conn)
+    db.execute("INSERT OR IGNORE INTO _meta (key, value) VALUES (?, ?)", (META_MIRROR_ID, str(uuid.uuid4())))
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
     _migrate_2,
     _migrate_3,
     _migrate_4,
     _migrate_5,
+    _migrate_6,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +19,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from syncd.errors import StoreClosedError
 from syncd.store.db import Store
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -59,10 +62,24 @@ class Writer:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(fn(self._store, *args))
+                result = fn(self._store, *args)
             except BaseException as exc:
                 future.set_exception(exc)
+            else:
+                future.set_result(result)
+            self._after_job(self._store)
         self._store.close()
+
+    @staticmethod
+    def _after_job(store: Store) -> None:
+        # Jobs that appended to the change log wake its readers once their transaction is
+        # over (a rolled-back one at worst wakes them for nothing).
+        recorder = store.recorder
+        if recorder is not None and recorder.appended and not store.conn.in_transaction:
+            try:
+                recorder.committed()
+            except Exception:
+                log.exception("a change log listener failed")
 
     def submit(self, fn: Callable[Concatenate[Store, P], T], *args: Any) -> concurrent.futures.Future[T]:
         if self._closed:

@@ -240,7 +240,7 @@ def test_confirming_keeps_the_first_source_and_sync_time(store: Store) -> None:
 def test_relist_tombstones_and_a_record_seen_again_is_restored(store: Store) -> None:
     apply_batch(store, [change(1, 2), change(2, 1, "webhook")], synced_at=format_epoch())
     apply_batch(store, [change(1, 2)], listed=1, synced_at=format_epoch())
-    assert store.tombstone_unlisted("orders", 1, spare_since=FAR_FUTURE, now=FAR_FUTURE) == 1
+    assert len(store.tombstone_unlisted("orders", 1, spare_since=FAR_FUTURE, now=FAR_FUTURE)) == 1
     assert mirror(store)[2]["_deleted"] == 1
     result = apply_batch(store, [change(2, 1, "webhook")], synced_at=format_epoch())
     assert result.outcomes == [Outcome.RESURRECTED]

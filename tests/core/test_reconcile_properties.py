@@ -171,7 +171,7 @@ def relist(store: Store, history: Sequence[Record], generation: int) -> int:
     with store.db.atomic():
         apply_batch(store, listing, listed=generation, synced_at=format_epoch())
         return sum(
-            store.tombstone_unlisted(resource, generation, spare_since=FAR_FUTURE, now=FAR_FUTURE)
+            len(store.tombstone_unlisted(resource, generation, spare_since=FAR_FUTURE, now=FAR_FUTURE))
             for resource in RESOURCES
         )
 

@@ -314,7 +314,7 @@ def test_tombstone_unlisted_marks_only_old_unlisted_records(store: Store) -> Non
         "customers", [({"id": "fresh-sync", "updatedAt": old, "version": 1}, 1, "webhook")], synced_at=now
     )
     store.mark_listed("customers", ["listed"], 1)
-    assert store.tombstone_unlisted("customers", 1, spare_since=spare_since, now=now) == 1
+    assert len(store.tombstone_unlisted("customers", 1, spare_since=spare_since, now=now)) == 1
     deleted = {
         r[0]: (r[1], r[2]) for r in store.conn.execute("SELECT id, _deleted, _deleted_at FROM customers")
     }
@@ -325,7 +325,7 @@ def test_tombstone_unlisted_marks_only_old_unlisted_records(store: Store) -> Non
         "fresh-sync": (0, None),
     }
     # Already tombstoned records are not counted again.
-    assert store.tombstone_unlisted("customers", 1, spare_since=spare_since, now=now) == 0
+    assert store.tombstone_unlisted("customers", 1, spare_since=spare_since, now=now) == []
 
 
 def test_writing_a_tombstoned_record_restores_it(store: Store) -> None:
