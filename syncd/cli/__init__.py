@@ -10,6 +10,7 @@ import click
 
 from syncd.cli.common import SyncdGroup, config_option, load
 from syncd.config import check_warnings
+from syncd.feed.build import sink_warnings
 
 
 @click.group(cls=SyncdGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +29,7 @@ def check_config(config_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    for warning in check_warnings(cfg):
+    for warning in [*check_warnings(cfg), *sink_warnings(cfg)]:
         click.echo(f"syncd: warning: {warning}", err=True)
     click.echo(f"# {cfg.source}: OK")
     for section, values in data.items():

@@ -317,3 +317,12 @@ def test_a_missing_sink_secret_exits_2_naming_the_key(
     monkeypatch.delenv(SINK_SECRET_ENV)
     path = write(tmp_path, sink_table("exec") + sink_table("http"))
     assert_clean_failure(check("--config", str(path)), f"{path}: sinks.1.secret_env", f"${SINK_SECRET_ENV}")
+
+
+@pytest.mark.usefixtures("secrets_env")
+def test_sink_warnings_go_to_stderr(tmp_path: Path) -> None:
+    path = write(tmp_path, sink_table("exec", "events", '["orders.*"]'))
+    result = check("--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert "syncd: warning: sinks.0.events: no event syncd emits matches 'orders.*'" in result.stderr
+    assert "syncd: warning" not in result.stdout
