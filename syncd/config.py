@@ -185,7 +185,8 @@ class LogConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
-@dataclass(frozen=True)
+# repr=False: a config object in a log line or a traceback must not print the values.
+@dataclass(frozen=True, repr=False)
 class Secrets:
     """Resolved secret values; never printed."""
 

@@ -286,6 +286,7 @@ def test_secrets_are_not_in_the_redacted_config(tmp_path: Path) -> None:
     )
     text = repr(cfg.redacted())
     assert "sk_live_very_secret" not in text
+    assert "sk_live_very_secret" not in repr(cfg)
     assert "a1" not in text
     assert cfg.redacted()["secrets"] == {"api_key": "<set>", "webhook_secrets": "<2 set>", "sink_secrets": {}}
 
