@@ -59,13 +59,13 @@ class ChangesConfig(_Section):
     prune_interval: Annotated[Duration, between(1.0, 86400.0)] = 60.0
 
 
-def _as_tuple(one: str, many: str, example: str) -> Callable[[object], object]:
+def _as_tuple(one: str, many: str, example: str, note: str = "") -> Callable[[object], object]:
     """TOML arrays arrive as lists; config values are tuples (immutable). A bare string
     would otherwise be refused with a generic "must be a list"."""
 
     def convert(value: object) -> object:
         if isinstance(value, str):
-            raise ValueError(f"must be a list of {many}, like {example}")
+            raise ValueError(f"must be a list of {many}, like {example}{note}")
         if isinstance(value, list):
             if not value:
                 raise ValueError(f"list at least one {one}, like {example}")
@@ -152,7 +152,9 @@ class ExecSinkConfig(_SinkConfig):
     type: Literal["exec"] = "exec"
     command: Annotated[
         tuple[str, ...],
-        BeforeValidator(_as_tuple("argument", "arguments", '["/usr/local/bin/handler", "--quiet"]')),
+        BeforeValidator(
+            _as_tuple("argument", "arguments", '["/usr/local/bin/handler", "--quiet"]', " (no shell runs it)")
+        ),
     ]
     #: Added to the small environment the command gets (never syncd's whole environment).
     env: dict[str, str] = Field(default_factory=dict)
