@@ -110,6 +110,11 @@ def oldest(conn: sqlite3.Connection) -> int | None:
     return None if row[0] is None else int(row[0])
 
 
+def has_log(conn: sqlite3.Connection) -> bool:
+    """Whether the store has the feed's tables (a store before schema 6 has none)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_changes'").fetchone() is not None
+
+
 def entries(conn: sqlite3.Connection) -> int:
     """How many changes the log holds now."""
     return int(conn.execute("SELECT COUNT(*) FROM _changes").fetchone()[0])
