@@ -49,9 +49,10 @@ T = TypeVar("T")
 #: Rows one pruning transaction deletes at most: the writer is held for a few milliseconds,
 #: then the mirror's writes get their turn before the next chunk.
 PRUNE_CHUNK: Final = 2000
-#: How long a reload lets a runner finish the delivery in hand before cancelling it (a
-#: cancelled delivery is simply redelivered, with the same seq and webhook-id).
-RELOAD_GRACE: Final = 2.0
+#: How long a stop (reload or shutdown) lets a runner finish the delivery in hand before
+#: cancelling it: a cancelled delivery is simply redelivered, with the same seq and
+#: webhook-id, so a receiver that hangs must not hold a reload or the stop budget.
+DELIVERY_GRACE: Final = 1.0
 
 
 def open_store(path: str, changes: ChangesConfig) -> Store:
@@ -161,7 +162,7 @@ class FeedService:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         running = list(self._sinks.values())
-        await self._halt(running, seconds)
+        await self._halt(running, min(seconds, DELIVERY_GRACE))
         with contextlib.suppress(StoreClosedError, sqlite3.Error):
             await self.save_states()
         for item in running:
@@ -204,7 +205,7 @@ class FeedService:
 
     async def _stop_sink(self, name: str) -> _Running:
         item = self._sinks.pop(name)
-        await self._halt([item], RELOAD_GRACE)
+        await self._halt([item], DELIVERY_GRACE)
         await _close(item.sink)
         return item
 
