@@ -226,13 +226,17 @@ class FeedService:
                 log.info("sink %s removed from the config: stopped, its offset dropped", name)
             for name, sink_cfg in wanted.items():
                 item = self._sinks.get(name)
-                if item is None:
-                    self._start(sink_cfg)
-                    log.info("sink %s added", name)
-                elif item.cfg != sink_cfg or item.secret != cfg.secrets.sink_secrets.get(name):
-                    await self._stop_sink(name)
-                    self._start(sink_cfg)
-                    log.info("sink %s changed (%s): restarted at its offset", name, _diff(item, sink_cfg))
+                try:
+                    if item is None:
+                        self._start(sink_cfg)
+                        log.info("sink %s added", name)
+                    elif item.cfg != sink_cfg or item.secret != cfg.secrets.sink_secrets.get(name):
+                        await self._stop_sink(name)
+                        self._start(sink_cfg)
+                        log.info("sink %s changed (%s): restarted at its offset", name, _diff(item, sink_cfg))
+                except Exception as exc:
+                    # One sink that cannot be built costs itself, not the reload of the others.
+                    log.error("sink %s could not be started: %s", name, exc)
 
     async def apply_resets(self) -> None:
         """Make the offset resets `syncd sinks reset` left in `_meta`, each logged."""
