@@ -1,7 +1,7 @@
 """`syncd run`: the daemon's lifecycle, `serve -> startup -> main loop -> shutdown`.
 
-`startup` starts the parts (store writer, API client, poll scheduler, in push mode the
-receiver, inbox and inbox worker, in both modes the admin listener) and returns them as one
+`startup` starts the parts (store writer, change feed (syncd.service.feed), API client, poll
+scheduler, in push mode receiver, inbox and inbox worker, always the admin listener) as one
 `Running` bundle; `shutdown` stops them in dependency order. The main loop keeps the mode
 control informed of the receiver (syncd.service.modes), watches the store file, refreshes
 the heartbeat `syncd status` reads and prunes. Reloads: syncd.service.reload.
@@ -169,7 +169,7 @@ class Daemon:
         shutdown stops them in reverse: the webhook listener (stop accepting; requests in
         flight finish), the scheduler (polls commit their page), mode control (judges the
         last reports), inbox (flushes), inbox worker, admin listener, watchdog, API client,
-        store writer, store lock."""
+        change feed, store writer, store lock."""
         cfg, stops, budget = self.cfg, self._stops, self._budget
         for warning in check_warnings(cfg):
             log.warning("config: %s", warning)

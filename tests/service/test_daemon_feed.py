@@ -6,12 +6,15 @@ status and /metrics show the sinks."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from syncd.feed.runner import Backoff
 from syncd.ops.status import collect_status
+from syncd.service import feed as feed_module
 from syncd.service.feed import FeedOptions
 from syncd.sim.config import SimConfig
 from syncd.sim.server import SimHandle, running_simulator
@@ -311,3 +315,65 @@ async def test_status_and_metrics_show_the_sinks(tmp_path: Path, sim: SimHandle)
             assert delivered == 4
             assert samples[("syncd_sink_deliveries_total", (("outcome", "failed"), ("sink", "bad")))] >= 1
             assert samples[("syncd_sink_delivery_seconds_count", (("sink", "good"),))] >= 1
+
+
+async def test_an_exec_sink_gets_the_changes_as_json_lines(tmp_path: Path, sim: SimHandle) -> None:
+    db = tmp_path / "mirror.db"
+    out = tmp_path / "handled.jsonl"
+    script = f"import sys; open({str(out)!r}, 'ab').write(sys.stdin.buffer.read())"
+    async with receiver() as app:
+        path = feed_config(tmp_path, sim, {"app": (app.url, {})})
+        with path.open("a") as f:
+            f.write(
+                '[[sinks]]\nname = "script"\ntype = "exec"\n'
+                f"command = {json.dumps([sys.executable, '-c', script])}\nbatch_size = 10\n"
+            )
+        cfg = load(path, sim)
+        started = time.time()
+        async with running(cfg) as (daemon, _), httpx.AsyncClient() as http:
+            assert daemon.running is not None
+            assert daemon.running.push is not None
+            url = daemon.running.push.listener.url + PATH
+            await _ready(db, cfg.sync.resources, started)
+            for n in range(4):
+                await send_order(http, url, f"e{n}", 900001 + n, 1, "placed", "order.created")
+            await app.until(lambda: len(app.delivered) == 4)
+            head = app.delivered[-1].seq
+            await until(lambda: offsets(db).get("script") == head, "the exec sink to take every change")
+            lines = [json.loads(line) for line in out.read_text().splitlines()]
+            assert [c["seq"] for c in lines] == seqs(app.delivered)
+            assert {c["event"] for c in lines} == {"order.created"}
+
+
+async def test_pruning_goes_in_chunks_until_done(
+    tmp_path: Path, sim: SimHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "mirror.db"
+    now = [time.time()]
+    # No sinks: everything older than retention goes, a few rows per writer job.
+    monkeypatch.setattr(feed_module, "PRUNE_CHUNK", 2)
+    path = feed_config(tmp_path, sim, {}, changes='retention = "1h"\nprune_interval = "1h"')
+    cfg = load(path, sim)
+    started = time.time()
+    async with running(cfg, feed_options=FeedOptions(clock=lambda: now[0])) as (daemon, _):
+        async with httpx.AsyncClient() as http:
+            assert daemon.running is not None
+            assert daemon.running.push is not None
+            url = daemon.running.push.listener.url + PATH
+            await _ready(db, cfg.sync.resources, started)
+            for n in range(5):
+                await send_order(http, url, f"e{n}", 900001 + n, 1, "placed", "order.created")
+        await until(lambda: read(db, changelog.entries) == 5, "the changes to be logged")
+        jobs: list[str] = []
+        real_run = daemon.running.writer.run
+
+        async def counting_run(fn: Any, *args: Any) -> Any:
+            jobs.append(getattr(fn, "__name__", ""))
+            return await real_run(fn, *args)
+
+        monkeypatch.setattr(daemon.running.writer, "run", counting_run)
+        now[0] += 2 * 3600
+        assert await daemon.running.feed.prune() == 5
+        assert jobs.count("prune_chunk") == 3
+        assert read(db, changelog.entries) == 0
+        assert read(db, changelog.head) == 5
