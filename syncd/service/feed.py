@@ -331,7 +331,12 @@ class FeedService:
         """Counted changes and each sink's lag, for /metrics."""
         if not self._readers:
             return
-        head = await self.count_changes()
+        try:
+            head = await self.count_changes()
+        except sqlite3.Error as exc:
+            # A busy or failing read costs this scrape its feed samples, not the scrape.
+            log.warning("change feed metrics not refreshed: %s", exc)
+            return
         for name, item in self._sinks.items():
             delivered = item.runner.state.delivered
             if delivered is not None:

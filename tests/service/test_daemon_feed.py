@@ -167,12 +167,15 @@ async def test_sighup_adds_removes_and_changes_sinks(tmp_path: Path, sim: SimHan
             assert set(offsets(db)) == {"one", "two"}
 
             # "one" goes, "three" comes, "two" takes every event from now on.
-            rewrite(path, {"two": (two.url, {}), "three": (three.url, {})})
+            rewrite(path, {"two": (two.url, {}), "three": (three.url, {})}, changes="include_initial = true")
             _the_daemon_handles(signal.SIGHUP)
             os.kill(os.getpid(), signal.SIGHUP)
             await until(lambda: set(daemon.running.feed.runners) == {"two", "three"}, "the sinks to change")
             await until(lambda: "one" not in offsets(db), "the removed sink's offset to be dropped")
             assert daemon.cfg.sinks[0].events == ("*",)
+            # [changes] include_initial is live: the writer's recorder has it now.
+            recorder_flag = await daemon.running.writer.run(lambda store: store.recorder.include_initial)
+            assert recorder_flag is True
             await send_order(http, url, "e2", 900001, 2, "shipped", "order.shipped")
             await two.until(lambda: len(two.delivered) == 2)
             await three.until(lambda: len(three.delivered) == 1)
