@@ -129,6 +129,7 @@ class ResetResult:
     new: int | None
     daemon_pid: int | None
     first_available: int | None
+    requested: int | None = None
 
     @property
     def pruned_before(self) -> bool:
@@ -184,7 +185,7 @@ def _reset_directly(path: str, sink: str, target: Target) -> ResetResult:
             seq = resolve_target(store.conn, target)
             old = changelog.offset(store.conn, sink)
             changelog.set_offset(store.conn, sink, seq)
-        return ResetResult(sink, old, seq, None, changelog.oldest(store.conn))
+        return ResetResult(sink, old, seq, None, changelog.oldest(store.conn), seq)
     finally:
         store.close()
 
@@ -228,9 +229,22 @@ def _reset_via_daemon(
                     "offset is unchanged: stop the daemon and run this again"
                 )
             sleep(interval)
-        return ResetResult(sink, old, changelog.offset(store.conn, sink), pid, changelog.oldest(store.conn))
+        new = changelog.offset(store.conn, sink)
+        if new == old and old != seq:
+            # The daemon deletes a request it refuses too (it logs why): the offset it left
+            # is the old one. (A runner may move on right after a reset, so an offset past
+            # the one asked for is still a reset made.)
+            raise SinkResetError(
+                f"the daemon (pid {pid}) took the reset of sink {sink!r} but the offset is still "
+                f"{_shown(old)}, not {seq}: its log says why (is {sink!r} in the config it has loaded?)"
+            )
+        return ResetResult(sink, old, new, pid, changelog.oldest(store.conn), seq)
     finally:
         store.close()
+
+
+def _shown(seq: int | None) -> str:
+    return "none" if seq is None else str(seq)
 
 
 def _withdraw(store: Store, key: str, value: str) -> bool:

@@ -248,3 +248,14 @@ def test_a_running_daemon_that_ignores_the_reset_times_out(config: Path, tmp_pat
     assert "withdrawn" in result.stderr
     assert reset_key(tmp_path, "app") is None
     assert offset(tmp_path, "app") is None
+
+
+@pytest.mark.usefixtures("held_lock")
+def test_a_reset_the_daemon_refuses_is_reported(config: Path, tmp_path: Path) -> None:
+    def daemon_refuses(pid: int, sig: int) -> None:
+        # As the daemon does with a reset it cannot make: the key goes, the offset stays.
+        with open_store(tmp_path) as store, store.db.atomic():
+            store.delete_meta(META_SINK_RESET + "app")
+
+    with pytest.raises(SinkResetError, match="offset is still none, not 6: its log says why"):
+        reset_offset(store_path(tmp_path), "app", 6, timeout=5, send_signal=daemon_refuses)
