@@ -4,9 +4,10 @@ upstream shipped is `order.shipped` (source poll), a customer the upstream remov
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 
 from syncd.api import PetstoreClient
 from syncd.core.changes import Change, ChangeKind, ChangeSource
+from syncd.feed.log import WriterChangeLog
+from syncd.feed.runner import ChangeNotifier, SinkRunner, Start
 from syncd.poll.poller import Poller
 from syncd.sim.clock import format_ms, now_ms
 from syncd.sim.config import SimConfig
@@ -22,6 +25,7 @@ from syncd.sim.simulator import Simulator
 from syncd.store import changelog
 from syncd.store.db import Store
 from syncd.store.writer import Writer
+from tests.feed.support import until
 from tests.poll_helpers import make_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_backoff")]
@@ -41,6 +45,34 @@ def logged(path: Path) -> list[Change]:
         return changelog.read_after(conn, 0, 100_000)
     finally:
         conn.close()
+
+
+class ListSink:
+    name = "app"
+
+    def __init__(self) -> None:
+        self.delivered: list[Change] = []
+
+    async def deliver(self, batch: Sequence[Change]) -> None:
+        self.delivered.extend(batch)
+
+
+async def delivered_to_a_sink(writer: Writer, path: Path, events: Sequence[str]) -> list[Change]:
+    """What a sink matching `events` receives of the whole log."""
+    reader = Store.open_reader(path)
+    try:
+        log = WriterChangeLog(lambda fn: writer.run(lambda store: fn(store.conn)), reader)
+        sink = ListSink()
+        runner = SinkRunner(sink, log, ChangeNotifier(), events=events, start=Start.BEGINNING)
+        task = asyncio.create_task(runner.run())
+        head = changelog.head(reader)
+        await until(lambda: runner.state.delivered == head)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return sink.delivered
+    finally:
+        reader.close()
 
 
 def ship(sim: Simulator, oid: int) -> dict[str, Any]:
@@ -119,3 +151,7 @@ async def test_polling_alone_gives_order_shipped_and_customer_deleted(
         assert deleted.version == deleted.previous_version == last_known["version"]
         assert deleted.changed is None
         assert deleted.seq == change.seq + 1
+
+    # And a sink subscribed to those events gets both, as those events.
+    delivered = await delivered_to_a_sink(writer, path, ["order.shipped", "customer.deleted"])
+    assert delivered == [change, deleted]

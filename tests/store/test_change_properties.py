@@ -47,7 +47,7 @@ SYNCED = "2026-12-01T10:00:00.123Z"
 FAR_FUTURE = "2999-01-01T00:00:00.000Z"
 
 CHANGE_SETTINGS = settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,
