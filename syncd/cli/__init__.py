@@ -51,11 +51,13 @@ def _toml_value(value: Any) -> str:
 
 def _register() -> None:
     """Commands live next to the code they drive; each module lists its click commands."""
-    from syncd.cli import demo, run, sync, webhooks
+    from syncd.cli import changes, demo, run, sinks, sync, webhooks
     from syncd.sim.cli import simulate
 
     for cmd in (
         *sync.commands,
+        *changes.commands,
+        *sinks.commands,
         *webhooks.commands,
         *run.commands,
         *demo.commands,

@@ -14,6 +14,7 @@ import click
 
 from syncd.api import PetstoreClient
 from syncd.cli.common import config_option, load
+from syncd.cli.sink_replay import replay_sink_letters
 from syncd.config import Config
 from syncd.contract import EVENTS, TEST_EVENT
 from syncd.errors import SyncdError
@@ -37,10 +38,23 @@ class WaitTimeoutError(SyncdError, TimeoutError):
 @click.option(
     "--all", "replay_all", is_flag=True, help="Every open dead letter: never replayed, or still invalid."
 )
-def replay(config_path: str | None, ids: tuple[int, ...], replay_all: bool) -> None:
-    """Re-drive dead letters through the inbox worker's logic."""
+@click.option(
+    "--sink",
+    "sink",
+    metavar="NAME",
+    default=None,
+    help="Instead: deliver the change feed sink NAME's open dead letters to it again.",
+)
+def replay(config_path: str | None, ids: tuple[int, ...], replay_all: bool, sink: str | None) -> None:
+    """Re-drive dead letters: webhook deliveries through the inbox worker's logic, or with
+    --sink, changes a sink gave up on through that sink (exit 1 if any fails again)."""
+    if sink is not None:
+        if ids or replay_all:
+            raise click.UsageError("--sink replays a sink's dead letters; leave out --id and --all")
+        replay_sink_letters(config_path, sink)
+        return
     if not ids and not replay_all:
-        raise click.UsageError("give --id ID (repeatable) or --all")
+        raise click.UsageError("give --id ID (repeatable), --all, or --sink NAME")
     cfg = load(config_path, require_secrets=False)
     results = asyncio.run(_replay(cfg, list(ids) or None))
     if not results:

@@ -9,6 +9,7 @@ change is comes from `syncd.core.events`, re-exported here.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -53,11 +54,25 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+#: A run of digits as long as an integer orjson cannot hold (below -2**63 or from 2**64 on).
+_LONG_DIGITS: Final = re.compile(r"[0-9]{19}")
+_LONG_DIGITS_BYTES: Final = re.compile(rb"[0-9]{19}")
+
+
 def _loads(text: str | bytes) -> Any:
+    # orjson reads an integer past 64 bits as a float, without an error: a record's big
+    # integer (which _dumps wrote by the json module's way) would come back rounded. Text
+    # that may hold one takes the json module's way, which keeps every digit.
+    if isinstance(text, str):
+        long = _LONG_DIGITS.search(text) is not None
+    else:
+        long = _LONG_DIGITS_BYTES.search(text) is not None
+    if long:
+        return json.loads(text)
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        # What _dumps wrote by the json module's way (big integers) orjson may not read back.
+        # Lone surrogates, which _dumps wrote ASCII-escaped by the json module's way.
         return json.loads(text)
 
 

@@ -93,10 +93,26 @@ def apply_batch(
         if len(changes) == 1:
             return _rejected(changes[0], exc)
     result = BatchResult([Outcome.STALE] * len(changes))
-    half = len(changes) // 2
-    _isolate(store, changes, list(range(half)), synced_at, listed, initial, result)
-    _isolate(store, changes, list(range(half, len(changes))), synced_at, listed, initial, result)
+    first, second = _halves(changes, list(range(len(changes))))
+    _isolate(store, changes, first, synced_at, listed, initial, result)
+    _isolate(store, changes, second, synced_at, listed, initial, result)
     return result
+
+
+def _halves(changes: Sequence[Change], indexes: list[int]) -> tuple[list[int], list[int]]:
+    """`indexes` cut in two to isolate the records at fault. Each record's copies stay in one
+    part while the part holds several records: cut apart, two copies would each be written,
+    and logged as two changes, where the batch without the culprit writes (and logs) only the
+    greater one."""
+    groups: dict[tuple[str, RecordId], list[int]] = {}
+    for i in indexes:
+        groups.setdefault((changes[i].resource, changes[i].id), []).append(i)
+    if len(groups) == 1:
+        half = len(indexes) // 2
+        return indexes[:half], indexes[half:]
+    parts = list(groups.values())
+    half = len(parts) // 2
+    return [i for part in parts[:half] for i in part], [i for part in parts[half:] for i in part]
 
 
 def _rejected(change: Change, exc: Exception) -> BatchResult:
@@ -130,9 +146,9 @@ def _isolate(
         if len(indexes) == 1:
             result = _rejected(part[0], exc)
         else:
-            half = len(indexes) // 2
-            _isolate(store, changes, indexes[:half], synced_at, listed, initial, into)
-            _isolate(store, changes, indexes[half:], synced_at, listed, initial, into)
+            first, second = _halves(changes, indexes)
+            _isolate(store, changes, first, synced_at, listed, initial, into)
+            _isolate(store, changes, second, synced_at, listed, initial, into)
             return
     for j, i in enumerate(indexes):
         into.outcomes[i] = result.outcomes[j]

@@ -264,3 +264,35 @@ def last_changes_of(
             change = Change.from_row(row)
             out[change.record_id] = change
     return out
+
+
+#: A replay's outcomes (`mark_dead_letter_replayed`). A dead letter whose replay failed is
+#: still open: `syncd replay --sink` tries it again, `syncd sinks list` counts it.
+REPLAY_DELIVERED: Final = "delivered"
+REPLAY_FAILED: Final = "failed"
+_OPEN_SINK_DEAD_LETTER: Final = f"(replayed_at IS NULL OR replay_outcome = '{REPLAY_FAILED}')"
+
+
+def open_sink_dead_letters(
+    conn: sqlite3.Connection, sink: str, *, after_id: int = 0, limit: int = 100
+) -> list[SinkDeadLetter]:
+    """A sink's open dead letters (never replayed, or their last replay failed) with an id
+    greater than `after_id`, oldest first: a replay pages through them by id, so one whose
+    replay fails again is not read twice in the same run."""
+    rows = conn.execute(
+        "SELECT id, sink, seq, change, reason, at, replayed_at, replay_outcome FROM _sink_dead_letters"
+        f" WHERE sink = ? AND id > ? AND {_OPEN_SINK_DEAD_LETTER} ORDER BY id LIMIT ?",
+        (sink, after_id, limit),
+    )
+    return [
+        SinkDeadLetter(int(r[0]), r[1], int(r[2]), Change.from_json(r[3]), r[4], r[5], r[6], r[7])
+        for r in rows
+    ]
+
+
+def open_sink_dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many open dead letters each sink has (sinks with none are left out)."""
+    rows = conn.execute(
+        f"SELECT sink, COUNT(*) FROM _sink_dead_letters WHERE {_OPEN_SINK_DEAD_LETTER} GROUP BY sink"
+    )
+    return {str(sink): int(count) for sink, count in rows}
