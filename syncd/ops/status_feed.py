@@ -70,7 +70,10 @@ SINK_SCHEMA: dict[str, Any] = {
             "type": "boolean",
             "description": "no daemon is running: state, attempts and errors are as it left them",
         },
-        "dead_letters": {**_COUNT, "description": "changes the sink gave up on, not yet replayed"},
+        "dead_letters": {
+            **_COUNT,
+            "description": "changes the sink gave up on that no replay has delivered yet (never replayed, or the last replay failed)",
+        },
     },
 }
 
@@ -90,7 +93,7 @@ def collect_feed(conn: sqlite3.Connection, cfg: Config, *, daemon_running: bool)
         oldest = changelog.oldest(conn)
         entries = changelog.entries(conn)
         offsets = changelog.offsets(conn)
-        dead = changelog.sink_dead_letter_counts(conn)
+        dead = changelog.open_sink_dead_letter_counts(conn)
     states = sink_states(conn)
     types = {sink.name: sink.type for sink in cfg.sinks}
     names = [*types, *sorted(n for n in offsets if n not in types)]

@@ -204,14 +204,6 @@ def sink_dead_letters(
     ]
 
 
-def sink_dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """Each sink's dead letters not replayed yet (what `replay --sink` would re-drive)."""
-    rows = conn.execute(
-        "SELECT sink, COUNT(*) FROM _sink_dead_letters WHERE replayed_at IS NULL GROUP BY sink"
-    )
-    return {str(sink): int(n) for sink, n in rows}
-
-
 def mark_dead_letter_replayed(
     conn: sqlite3.Connection, dead_letter_id: int, outcome: str, *, now: float | None = None
 ) -> None:
