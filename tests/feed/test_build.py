@@ -170,7 +170,8 @@ start = "beginning"
         )
         task = asyncio.create_task(runner.run())
         try:
-            await receiver.until(lambda: len(receiver.delivered) == 5)
+            # The offset is committed after the receiver answered: wait for both.
+            await receiver.until(lambda: len(receiver.delivered) == 5 and changelog.offset(conn, "app") == 5)
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
