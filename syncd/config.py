@@ -1,9 +1,10 @@
 """One TOML file -> typed, immutable, validated config.
 
 Validation is pydantic's; the value syntaxes the file uses (durations like "30s", sizes like
-"1MiB", rates like "200/s", listen addresses, CIDRs) are syncd.config_values'; this module
-adds the sections, secret resolution and the warnings. Every error names the file, the key
-and what is allowed.
+"1MiB", rates like "200/s", listen addresses, CIDRs) are syncd.config_values'; the change
+feed's `[changes]` and `[[sinks]]` are syncd.config_feed's; this module adds the other
+sections, secret resolution and the warnings. Every error names the file, the key and what
+is allowed.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from syncd.config_feed import SINK_TYPES, ChangesConfig, Sinks, redacted_sink_secrets, resolve_sink_secrets
 from syncd.config_values import (
     MAX_DURATION,
     Duration,
@@ -183,12 +185,15 @@ class LogConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
-@dataclass(frozen=True)
+# repr=False: a config object in a log line or a traceback must not print the values.
+@dataclass(frozen=True, repr=False)
 class Secrets:
     """Resolved secret values; never printed."""
 
     api_key: str | None
     webhook_secrets: tuple[str, ...]
+    #: http sink name -> its signing secret.
+    sink_secrets: Mapping[str, str] = field(default_factory=dict)
 
 
 class Config(_Section):
@@ -200,6 +205,8 @@ class Config(_Section):
     fallback: FallbackConfig = FallbackConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
+    changes: ChangesConfig = ChangesConfig()
+    sinks: Sinks = ()
     source: str = Field(default="<defaults>", exclude=True)
     secrets: Secrets = Field(default=Secrets(None, ()), exclude=True)
 
@@ -209,6 +216,7 @@ class Config(_Section):
         data["secrets"] = {
             "api_key": "<set>" if self.secrets.api_key else "<missing>",
             "webhook_secrets": f"<{len(self.secrets.webhook_secrets)} set>",
+            "sink_secrets": redacted_sink_secrets(self.sinks, self.secrets.sink_secrets),
         }
         return data
 
@@ -221,6 +229,11 @@ def resolve_config_path(explicit: str | None, env: Mapping[str, str] | None = No
 
 def _describe_error(err: ErrorDetails) -> tuple[str, str]:
     loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "lax-or-strict"))]
+    # A sink's location holds its type after the index (sinks.0.http.url); the file says sinks.0.url.
+    loc = [p for i, p in enumerate(loc) if not (p in SINK_TYPES and i and loc[i - 1].isdigit())]
+    if err["type"] == "config_key" or err["type"].startswith("union_tag"):
+        # An error of a whole table that names its key (config_feed.key_error), or a sink's type.
+        loc.append(err.get("ctx", {}).get("key", "type"))
     # Drop pydantic's internal union/validator path segments so the key reads like the file.
     key = ".".join(p for p in loc if p not in ("str", "int", "float", "bool", "tuple", "list"))
     msg = str(err["msg"]).removeprefix("Value error, ")
@@ -228,6 +241,10 @@ def _describe_error(err: ErrorDetails) -> tuple[str, str]:
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required key is missing"
+    elif err["type"] == "union_tag_not_found":
+        msg = f"required key is missing: one of {', '.join(SINK_TYPES)}"
+    elif err["type"] == "union_tag_invalid":
+        msg = f"{err.get('ctx', {}).get('tag')!r} is not one of {', '.join(SINK_TYPES)}"
     elif err["type"] == "tuple_type":
         # Sequences are tuples inside (immutable config); the file writes them as lists.
         msg = 'must be a list, like ["a", "b"]'
@@ -341,7 +358,8 @@ def load_config(
             raise ConfigError(source, key, f"unusable for scheme {cfg.webhook.scheme!r}: {exc}") from None
     if (cfg.webhook.tls_cert is None) != (cfg.webhook.tls_key is None):
         raise ConfigError(source, "webhook.tls_cert", "set both tls_cert and tls_key, or neither")
-    return cfg.model_copy(update={"source": source, "secrets": Secrets(api_key, secrets)})
+    sink_secrets = resolve_sink_secrets(source, cfg.sinks, env, _read_secret_file, require=require_secrets)
+    return cfg.model_copy(update={"source": source, "secrets": Secrets(api_key, secrets, sink_secrets)})
 
 
 def check_warnings(cfg: Config) -> list[str]:

@@ -3,6 +3,8 @@ several daemons in one process never share counters."""
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -140,6 +142,41 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+        self.changes = Counter(
+            "syncd_changes",
+            "Changes committed to the change log, by resource and event",
+            ["resource", "event"],
+            registry=r,
+        )
+        self.sink_lag = Gauge(
+            "syncd_sink_lag",
+            "Changes in the log a sink has not taken yet (the log's head minus its offset)",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_deliveries = Counter(
+            "syncd_sink_deliveries",
+            "Changes handed to a sink, by outcome (delivered, failed, dead_lettered)",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self.sink_delivery_seconds = Histogram(
+            "syncd_sink_delivery_seconds",
+            "Duration of one delivery attempt (a batch) to a sink",
+            ["sink"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def forget_sink(self, sink: str) -> None:
+        """Drop a removed sink's series, so /metrics does not report it forever."""
+        for metric in (self.sink_lag, self.sink_delivery_seconds):
+            with contextlib.suppress(KeyError):
+                metric.remove(sink)
+        for outcome in ("delivered", "failed", "dead_lettered"):
+            with contextlib.suppress(KeyError):
+                self.sink_deliveries.remove(sink, outcome)
 
     def set_mode(self, mode: str) -> None:
         for m in ("push", "fallback", "poll"):

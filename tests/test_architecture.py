@@ -39,6 +39,7 @@ RANKS = {
     "logs": 1,
     "metrics": 1,
     "config": 0,
+    "config_feed": 0,
     "timefmt": 0,
     "contract": 0,
     "config_values": 0,

@@ -27,6 +27,8 @@ from syncd.config_values import (
 )
 from syncd.errors import ConfigError
 
+from .config_support import SINK_MODELS, SINK_SECRET
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 SECRETS_ENV = {"PETSTORE_API_KEY": "key-123", "PETSTORE_WEBHOOK_SECRET": "whsec-1"}
 
@@ -38,9 +40,10 @@ def write(tmp_path: Path, text: str, name: str = "syncd.toml") -> Path:
 
 
 def sections() -> dict[str, type[BaseModel]]:
+    """The [section] tables; `sinks` is an array of tables, see `example_sinks()`."""
     out = {}
     for name, info in Config.model_fields.items():
-        if info.exclude:
+        if info.exclude or name == "sinks":
             continue
         assert isinstance(info.annotation, type)
         assert issubclass(info.annotation, BaseModel)
@@ -283,8 +286,9 @@ def test_secrets_are_not_in_the_redacted_config(tmp_path: Path) -> None:
     )
     text = repr(cfg.redacted())
     assert "sk_live_very_secret" not in text
+    assert "sk_live_very_secret" not in repr(cfg)
     assert "a1" not in text
-    assert cfg.redacted()["secrets"] == {"api_key": "<set>", "webhook_secrets": "<2 set>"}
+    assert cfg.redacted()["secrets"] == {"api_key": "<set>", "webhook_secrets": "<2 set>", "sink_secrets": {}}
 
 
 # -- resolution and warnings -----------------------------------------------------------------
@@ -317,6 +321,16 @@ def test_example_config_loads_and_equals_the_defaults() -> None:
     assert cfg.model_dump() == Config().model_dump()
 
 
+def example_parts() -> tuple[str, str]:
+    """config.example.toml as its [section] tables and its commented [[sinks]] examples,
+    uncommented (each line loses its leading "# ", so their own comments stay comments)."""
+    text = EXAMPLE.read_text()
+    start = text.index("# [[sinks]]")
+    sinks = text[start:].splitlines()
+    assert all(line.startswith("#") for line in sinks), "the [[sinks]] examples end the file, commented"
+    return text[:start], "\n".join(line.removeprefix("#").removeprefix(" ") for line in sinks) + "\n"
+
+
 def documented_keys(text: str) -> set[str]:
     keys, section = set(), None
     for line in text.splitlines():
@@ -328,13 +342,44 @@ def documented_keys(text: str) -> set[str]:
 
 
 def test_example_config_documents_every_key() -> None:
-    text = EXAMPLE.read_text()
+    text, _ = example_parts()
     assert documented_keys(text) == all_keys()
     # Every key has a comment saying what it is for, on the line(s) above it.
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if re.match(r"^\w+ = ", line):
             assert lines[i - 1].startswith("#"), f"{line!r} has no comment above it"
+
+
+def test_example_sinks_show_every_key_and_its_default() -> None:
+    _, text = example_parts()
+    sinks = tomllib.loads(text)["sinks"]
+    assert [sink["type"] for sink in sinks] == list(SINK_MODELS)
+    for sink in sinks:
+        model = SINK_MODELS[sink["type"]]
+        # The two ways to give an http sink its secret are exclusive: one is shown commented.
+        shown = set(sink) | ({"secret_file"} if sink["type"] == "http" else set())
+        assert shown == set(model.model_fields), sink["type"]
+        assert "# secret_file = " in text
+        defaults = {k: f.get_default(call_default_factory=True) for k, f in model.model_fields.items()}
+        loaded = model.model_validate(sink)
+        for key in set(sink) - {"name", "url", "command", "secret_env"}:
+            assert getattr(loaded, key) == defaults[key], f"sinks.{sink['type']}.{key} is not at its default"
+    # Each key is explained where it first appears (the exec example repeats the shared ones).
+    explained: set[str] = set()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if (m := re.match(r"^(\w+) = ", line)) and m.group(1) not in explained:
+            assert lines[i - 1].startswith("#"), f"{line!r} has no comment above it"
+            explained.add(m.group(1))
+
+
+def test_example_sinks_load_once_uncommented(tmp_path: Path) -> None:
+    base, sinks = example_parts()
+    path = write(tmp_path, base + sinks)
+    cfg = load_config(path, env={**SECRETS_ENV, "SYNCD_SINK_SECRET": SINK_SECRET})
+    assert [sink.name for sink in cfg.sinks] == ["app", "script"]
+    assert cfg.secrets.sink_secrets == {"app": SINK_SECRET}
 
 
 def test_example_config_unset_keys_are_the_ones_without_default() -> None:

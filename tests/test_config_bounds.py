@@ -17,9 +17,12 @@ import syncd.config
 from syncd.cli import main
 from syncd.config import Config
 
+from .config_support import SINK_MODELS, SINK_SECRET, SINK_SECRET_ENV, config_text
+
 API_KEY = "sk_test_bounds"
 
-#: key -> (values refused, values taken at the bounds). Every numeric key is listed here.
+#: key -> (values refused, values taken at the bounds). Every numeric key is listed here; a
+#: sink's keys as sinks.<type>.<key>, set in a [[sinks]] table of that type.
 BOUNDS: dict[str, tuple[list[Any], list[Any]]] = {
     "api.timeout": (["0s", "99ms", "61m", "99999999999999d"], ["100ms", "1h"]),
     "api.connect_timeout": (["0s", "99ms", "2h"], ["100ms", "1h"]),
@@ -48,15 +51,31 @@ BOUNDS: dict[str, tuple[list[Any], list[Any]]] = {
     "fallback.silence": (["0s", "999ms", "366d", "99999999999999d"], ["1s", "365d"]),
     "fallback.missed_ratio": ([math.nan, math.inf, -0.01, 1.01], [0.0, 1.0]),
     "fallback.recover_after": ([0, -1, 101], [1, 100]),
+    "changes.retention": (["0s", "999ms", "366d"], ["1s", "365d"]),
+    "changes.prune_interval": (["0s", "999ms", "25h", "99999999999999d"], ["1s", "1d"]),
+    **{
+        f"sinks.{kind}.{key}": bounds
+        for kind in SINK_MODELS
+        for key, bounds in {
+            "timeout": (["0s", "99ms", "61m", "99999999999999d"], ["100ms", "1h"]),
+            "max_attempts": ([0, -1, 1_000_001, 2**63 - 1], [1, 1_000_000]),
+            "batch_size": ([0, -1, 10_001], [1, 10_000]),
+        }.items()
+    },
 }
 
 
 def _numeric_keys() -> set[str]:
+    models = {
+        section: info.annotation
+        for section, info in Config.model_fields.items()
+        if not info.exclude and section != "sinks"
+    }
+    models.update({f"sinks.{kind}": model for kind, model in SINK_MODELS.items()})
     return {
         f"{section}.{key}"
-        for section, info in Config.model_fields.items()
-        if not info.exclude
-        for key, field in info.annotation.model_fields.items()  # type: ignore[union-attr]
+        for section, model in models.items()
+        for key, field in model.model_fields.items()  # type: ignore[union-attr]
         if field.annotation in (int, float)
     }
 
@@ -75,6 +94,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PETSTORE_API_KEY", API_KEY)
     monkeypatch.setenv("PETSTORE_WEBHOOK_SECRET", "hook-secret")
+    monkeypatch.setenv(SINK_SECRET_ENV, SINK_SECRET)
     monkeypatch.setattr(syncd.config, "DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
 
 
@@ -109,9 +129,9 @@ CASES = [(key, value) for key, (bad, _) in BOUNDS.items() for value in bad]
 
 @pytest.mark.parametrize(("key", "value"), CASES, ids=[f"{k}={v!r}"[:60] for k, v in CASES])
 def test_illegal_values_are_refused_naming_the_key(tmp_path: Path, key: str, value: Any) -> None:
-    section, name = key.split(".")
-    path = write(tmp_path, f"[{section}]\n{name} = {toml_value(value)}\n")
-    assert_refused(invoke("check-config", "--config", str(path)), f"{path}: {key}")
+    text, named = config_text(key, toml_value(value))
+    path = write(tmp_path, text)
+    assert_refused(invoke("check-config", "--config", str(path)), f"{path}: {named}")
 
 
 LEGAL = [(key, value) for key, (_, good) in BOUNDS.items() for value in good]
@@ -119,8 +139,7 @@ LEGAL = [(key, value) for key, (_, good) in BOUNDS.items() for value in good]
 
 @pytest.mark.parametrize(("key", "value"), LEGAL, ids=[f"{k}={v!r}" for k, v in LEGAL])
 def test_values_at_the_bounds_are_taken(tmp_path: Path, key: str, value: Any) -> None:
-    section, name = key.split(".")
-    path = write(tmp_path, f"[{section}]\n{name} = {toml_value(value)}\n")
+    path = write(tmp_path, config_text(key, toml_value(value))[0])
     result = invoke("check-config", "--config", str(path))
     assert result.exit_code == 0, result.output
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
 from syncd.cli.common import SyncdGroup, config_option, load
 from syncd.config import check_warnings
+from syncd.feed.build import sink_warnings
 
 
 @click.group(cls=SyncdGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,14 +29,24 @@ def check_config(config_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    for warning in check_warnings(cfg):
+    for warning in [*check_warnings(cfg), *sink_warnings(cfg)]:
         click.echo(f"syncd: warning: {warning}", err=True)
     click.echo(f"# {cfg.source}: OK")
     for section, values in data.items():
-        click.echo(f"[{section}]")
-        for key, value in values.items():
-            click.echo(f"{key} = {json.dumps(value)}")
-        click.echo()
+        # `sinks` is an array of tables: one [[sinks]] header per sink, as the file has it.
+        for table in values if isinstance(values, list) else [values]:
+            click.echo(f"[[{section}]]" if isinstance(values, list) else f"[{section}]")
+            for key, value in table.items():
+                click.echo(f"{key} = {_toml_value(value)}")
+            click.echo()
+
+
+def _toml_value(value: Any) -> str:
+    # JSON strings, numbers, booleans and lists read the same in TOML; tables (a sink's env,
+    # the sinks' secrets) must be inline tables.
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
 
 
 def _register() -> None:

@@ -21,6 +21,7 @@ from rich.text import Text
 from syncd.config import Config
 from syncd.contract import RESOURCES
 from syncd.errors import StoreError
+from syncd.ops.status_feed import CHANGES_SCHEMA, SINKS_SCHEMA, collect_feed, render_feed
 from syncd.poll.cursor import cursor_problem
 from syncd.store import events
 from syncd.store.cursors import cursor_rows
@@ -108,6 +109,8 @@ STATUS_SCHEMA: dict[str, Any] = {
         "inbox_depth",
         "dead_letters",
         "fallback_switches",
+        "changes",
+        "sinks",
     ],
     "properties": {
         "generated_at": _TS,
@@ -182,6 +185,8 @@ STATUS_SCHEMA: dict[str, Any] = {
             },
         },
         "fallback_switches": {**_COUNT, "description": "switches between push and fallback, ever"},
+        "changes": CHANGES_SCHEMA,
+        "sinks": SINKS_SCHEMA,
     },
 }
 
@@ -247,14 +252,16 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
             for row in latest_open(conn, LATEST_DEAD_LETTERS)
         ]
         resources = _resources(conn, names, now, meta, cfg.poll.max_clock_skew)
+        pid = int(meta[META_DAEMON_PID]) if META_DAEMON_PID in meta else None
+        heartbeat = meta.get(META_HEARTBEAT)
+        beat = try_epoch(heartbeat)
+        fresh = beat is not None and now - beat <= 3 * HEARTBEAT_PERIOD
+        running = bool(fresh and pid is not None and _pid_alive(pid))
+        feed = collect_feed(conn, cfg, daemon_running=running)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read store {cfg.store.path}: {exc}") from None
     finally:
         conn.close()
-    pid = int(meta[META_DAEMON_PID]) if META_DAEMON_PID in meta else None
-    heartbeat = meta.get(META_HEARTBEAT)
-    beat = try_epoch(heartbeat)
-    fresh = beat is not None and now - beat <= 3 * HEARTBEAT_PERIOD
     return {
         "generated_at": utc_iso(now),
         "store": cfg.store.path,
@@ -268,7 +275,7 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
             "pid": pid,
             "started_at": meta.get(META_DAEMON_STARTED),
             "heartbeat_at": heartbeat,
-            "running": bool(fresh and pid is not None and _pid_alive(pid)),
+            "running": running,
         },
         "resources": resources,
         "last_webhook_at": _iso(last_webhook),
@@ -276,6 +283,7 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
         "inbox_depth": int(inbox_depth),
         "dead_letters": {"total": dead_total, "open": dead_open, "latest": latest},
         "fallback_switches": int(meta.get(META_MODE_SWITCHES, "0")),
+        **feed,
     }
 
 
@@ -359,3 +367,4 @@ def render_status(report: dict[str, Any], console: Console) -> None:
     if not report["events"]:
         events.add_row("(none)", "0")
     console.print(events)
+    render_feed(report, console)

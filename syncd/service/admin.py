@@ -134,6 +134,11 @@ class AdminProbe:
         self._metrics = metrics
         self._inbox = inbox
         self._store_lost = store_lost
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
+
+    def add_refresh(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Another part's gauges to sample with the probe's (the change feed's)."""
+        self._refreshers.append(refresh)
 
     async def readiness(self) -> ReadinessInputs:
         modes = self._modes
@@ -163,7 +168,9 @@ class AdminProbe:
         return f"webhook deliveries cannot be committed: {inbox.last_failure}"
 
     async def refresh_gauges(self) -> None:
-        """Cursor lag, sampled from the store."""
+        """Cursor lag, sampled from the store, and the gauges of `add_refresh`."""
+        for refresh in self._refreshers:
+            await refresh()
         try:
             snapshot = await self._writer.run(_cursor_snapshot, self._resources)
         except StoreClosedError:

@@ -38,6 +38,7 @@ from syncd.push.inbox_worker import InboxWorker
 from syncd.push.receiver_app import create_receiver_app
 from syncd.push.receiver_app import uvicorn_config as receiver_uvicorn_config
 from syncd.service.admin import AdminProbe, create_admin_app
+from syncd.service.feed import FeedOptions, FeedService, open_store
 from syncd.service.gc_tuning import serving_heap
 from syncd.service.listeners import DaemonServer, bind_listener, take_activated_sockets
 from syncd.service.modes import ModeControl, poll_interval, starting_mode
@@ -85,6 +86,7 @@ class Daemon:
         redactor: SecretRedactor | None = None,
         load: Callable[[], Config] | None = None,
         store_check_period: float = STORE_CHECK_PERIOD,
+        feed_options: FeedOptions | None = None,
     ) -> None:
         self.cfg = cfg
         self.notifier = notifier or Notifier()
@@ -107,6 +109,7 @@ class Daemon:
         #: Set once the store file was found removed or replaced: the daemon is on its way out.
         self.store_lost: str | None = None
         self._exit_code = EXIT_OK
+        self._feed_options = feed_options
 
     # -- public API -------------------------------------------------------------------------
 
@@ -175,7 +178,7 @@ class Daemon:
         lock = StoreLock(path)
         lock.acquire()
         stops.callback(lock.release)
-        writer = Writer(lambda: Store(path))
+        writer = Writer(lambda: open_store(path, cfg.changes))
         await asyncio.to_thread(writer.start)
         stops.push_async_callback(asyncio.to_thread, writer.stop)
         store = StoreFile(path, lock, FileIdentity.of(os.stat(path)))
@@ -195,6 +198,10 @@ class Daemon:
             # A store that opens but takes no writes (a read-only file): say so in one line.
             raise StoreError(f"cannot write to store {path}: {exc}") from None
         self.metrics.set_mode(mode)
+        # Started before everything that writes the mirror, stopped just before the writer.
+        feed = FeedService(cfg, writer, path, self.metrics, self._feed_options)
+        stops.push_async_callback(lambda: feed.stop(budget.left()))
+        await feed.start()
         client = PetstoreClient.from_config(cfg, self.metrics)
         stops.push_async_callback(client.aclose)
         poller = Poller(client, writer, cfg, metrics=self.metrics)
@@ -226,6 +233,7 @@ class Daemon:
         probe = AdminProbe(
             cfg.sync.resources, writer, modes, self.metrics, inbox=inbox, store_lost=lambda: self.store_lost
         )
+        probe.add_refresh(feed.refresh_metrics)
         admin_app = create_admin_app(self.metrics, probe.readiness, refresh=probe.refresh_gauges)
         admin_sock = activated.get("admin") or bind_listener(cfg.admin.listen)
         admin = DaemonServer("admin", DaemonServer.plain_config(admin_app), admin_sock)
@@ -241,7 +249,7 @@ class Daemon:
             # Stop accepting first: requests in flight still get their inbox commit and 2xx.
             stops.push_async_callback(lambda: push.listener.stop(budget.left()))
             await push.listener.start()
-        running = Running(store, writer, client, poller, scheduler, modes, admin, probe, push)
+        running = Running(store, writer, client, poller, scheduler, modes, admin, probe, push, feed)
         listeners = {"admin": admin.url}
         if push is not None:
             listeners["webhook"] = push.listener.url + cfg.webhook.path

@@ -2,7 +2,8 @@
 
 Live: poll intervals, lookback and page size, the API key and webhook secrets (and where
 they are read from), signature tolerance, body limit, rate limit, allowlists and trusted
-proxies, retention, the fallback thresholds and logging. Bound at start: anything that
+proxies, retention, the fallback thresholds, logging, the sinks (added, removed or changed:
+syncd.service.feed) and `[changes]` but `enabled`. Bound at start: anything that
 opened a socket or a file, chose the mode or the resources, shaped the API client's
 connections or scheduled the relist jobs.
 
@@ -43,8 +44,10 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("admin", "listen"),
     ("poll", "full_relist_interval"),
     ("poll", "jitter"),
+    # The writer's store records the log or not from its start.
+    ("changes", "enabled"),
 )
-_SECTIONS = ("api", "store", "sync", "poll", "webhook", "fallback", "admin", "log")
+_SECTIONS = ("api", "store", "sync", "poll", "webhook", "fallback", "admin", "log", "changes")
 
 
 def _flat(cfg: Config) -> dict[str, Any]:
@@ -55,6 +58,9 @@ def _flat(cfg: Config) -> dict[str, Any]:
     # Secrets are compared by value but never shown: the key names say what changed.
     out["secrets.api_key"] = cfg.secrets.api_key
     out["secrets.webhook_secrets"] = cfg.secrets.webhook_secrets
+    for sink in cfg.sinks:
+        out[f"sinks.{sink.name}"] = sink.model_dump(mode="json")
+        out[f"secrets.sink_secrets.{sink.name}"] = cfg.secrets.sink_secrets.get(sink.name)
     return out
 
 
@@ -65,7 +71,8 @@ def _restart_only(key: str) -> bool:
 
 def changed_keys(old: Config, new: Config) -> list[str]:
     a, b = _flat(old), _flat(new)
-    return sorted(k for k in a if a[k] != b[k])
+    # Union: a sink added or removed is a key only one side has.
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def restart_only_changes(started: Config, new: Config) -> list[str]:
@@ -89,6 +96,7 @@ def secret_values(cfg: Config) -> list[str]:
     values = list(cfg.secrets.webhook_secrets)
     if cfg.secrets.api_key:
         values.append(cfg.secrets.api_key)
+    values.extend(secret for secret in cfg.secrets.sink_secrets.values() if secret)
     return values
 
 
@@ -125,7 +133,8 @@ class Reloader:
 
     async def reload(self, current: Config, running: Running | None) -> Config | None:
         """The config to run with from now on, applied to `running`; None when the file was
-        rejected."""
+        rejected. Either way the sinks' pending offset resets are made: `syncd sinks reset`
+        asks for them with a SIGHUP, whatever the file holds."""
         try:
             new = await asyncio.to_thread(self._load)
         except Exception as exc:
@@ -134,7 +143,14 @@ class Reloader:
                 exc,
                 exc_info=not isinstance(exc, ConfigError | OSError),
             )
-            return None
+            live = None
+        else:
+            live = await self._take(current, new, running)
+        if running is not None:
+            await running.feed.apply_resets()
+        return live
+
+    async def _take(self, current: Config, new: Config, running: Running | None) -> Config:
         for key in restart_only_changes(self.started, new):
             log.warning("config reload: %s changed; it takes effect after a restart", key)
         live = apply_live(self.started, new)
@@ -142,6 +158,7 @@ class Reloader:
         self._retune_logging(current, live)
         if running is not None:
             retune(running, current, live)
+            await running.feed.reconfigure(live)
         log.info(
             "config reloaded from %s; changed: %s",
             live.source,

@@ -12,6 +12,7 @@ from syncd.push.inbox import Inbox
 from syncd.push.inbox_worker import InboxWorker
 from syncd.push.receiver import WebhookReceiver
 from syncd.service.admin import AdminProbe
+from syncd.service.feed import FeedService
 from syncd.service.listeners import DaemonServer
 from syncd.service.modes import ModeControl
 from syncd.store.guard import FileIdentity, StoreLock, identity_problem
@@ -57,3 +58,5 @@ class Running:
     probe: AdminProbe
     #: None in poll mode.
     push: Pushing | None
+    #: The change feed's sinks, pruning and their status.
+    feed: FeedService

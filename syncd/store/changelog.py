@@ -110,6 +110,26 @@ def oldest(conn: sqlite3.Connection) -> int | None:
     return None if row[0] is None else int(row[0])
 
 
+def has_log(conn: sqlite3.Connection) -> bool:
+    """Whether the store has the feed's tables (a store before schema 6 has none)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE name = '_changes'").fetchone() is not None
+
+
+def entries(conn: sqlite3.Connection) -> int:
+    """How many changes the log holds now."""
+    return int(conn.execute("SELECT COUNT(*) FROM _changes").fetchone()[0])
+
+
+def counts_between(conn: sqlite3.Connection, after: int, upto: int) -> dict[tuple[str, str], int]:
+    """Changes with `after < seq <= upto` by (resource, event): a range of the primary key,
+    no row's data decoded (the daemon's change counter)."""
+    rows = conn.execute(
+        "SELECT resource, event, COUNT(*) FROM _changes WHERE seq > ? AND seq <= ? GROUP BY resource, event",
+        (after, upto),
+    )
+    return {(str(resource), str(event)): int(n) for resource, event, n in rows}
+
+
 def offset(conn: sqlite3.Connection, sink: str) -> int | None:
     """The last seq `sink` has taken (delivered or skipped), None for a sink never seen."""
     row = conn.execute("SELECT delivered_seq FROM _sink_offsets WHERE sink = ?", (sink,)).fetchone()
@@ -182,6 +202,14 @@ def sink_dead_letters(
         SinkDeadLetter(int(r[0]), r[1], int(r[2]), Change.from_json(r[3]), r[4], r[5], r[6], r[7])
         for r in rows
     ]
+
+
+def sink_dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Each sink's dead letters not replayed yet (what `replay --sink` would re-drive)."""
+    rows = conn.execute(
+        "SELECT sink, COUNT(*) FROM _sink_dead_letters WHERE replayed_at IS NULL GROUP BY sink"
+    )
+    return {str(sink): int(n) for sink, n in rows}
 
 
 def mark_dead_letter_replayed(

@@ -33,6 +33,9 @@ META_INITIAL_SYNC = "initial_sync:"
 #: Prefix of a sink's key: an offset reset `syncd sinks reset` asked the running daemon to
 #: make (the seq as text); the daemon makes it on SIGHUP and deletes the key.
 META_SINK_RESET = "sink_reset:"
+#: Prefix of a sink's key: its delivery state as the running daemon last saw it (JSON:
+#: state, attempts, last_error, ...), for `syncd status` in another process.
+META_SINK_STATE = "sink_state:"
 #: The daemon refreshes its heartbeat this often; status calls it stale after 3 periods.
 HEARTBEAT_PERIOD = 5.0
 BOOKKEEPING_COLUMNS = (

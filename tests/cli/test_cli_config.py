@@ -11,10 +11,13 @@ import syncd.config
 from syncd.cli import main
 from syncd.config import API_KEY_CREDENTIAL, WEBHOOK_SECRET_CREDENTIAL, Config
 
+from ..config_support import SINK_SECRET, SINK_SECRET_ENV, config_text, sink_keys, sink_table
+
 API_KEY = "sk_live_4f9a8b7c6d5e"
 HOOK_SECRETS = ("whsec_old_31415", "whsec_new_27182")
 
-#: One bad value for every key of config.py (the test below fails when a key is missing here).
+#: One bad value for every key of config.py (the test below fails when a key is missing here);
+#: a sink's keys as sinks.<type>.<key>, set in a [[sinks]] table of that type.
 BAD_VALUES: dict[str, Any] = {
     "api.base_url": "ftp://example.com",
     "api.api_key_env": 5,
@@ -63,6 +66,31 @@ BAD_VALUES: dict[str, Any] = {
     "admin.listen": "127.0.0.1:70000",
     "log.level": "verbose",
     "log.format": "xml",
+    "changes.enabled": "yes",
+    "changes.include_initial": 1,
+    "changes.retention": "7 days",
+    "changes.prune_interval": "0s",
+    "sinks.http.name": "My App",
+    "sinks.http.type": "nats",
+    "sinks.http.url": "ftp://example.com/hook",
+    "sinks.http.secret_env": ["A"],
+    "sinks.http.secret_file": False,
+    "sinks.http.events": [],
+    "sinks.http.timeout": "10",
+    "sinks.http.on_failure": "retry",
+    "sinks.http.max_attempts": 0,
+    "sinks.http.batch_size": 10_001,
+    "sinks.http.start": "end",
+    "sinks.exec.name": "",
+    "sinks.exec.type": "shell",
+    "sinks.exec.command": "/bin/true --quiet",
+    "sinks.exec.events": [""],
+    "sinks.exec.timeout": "0s",
+    "sinks.exec.on_failure": "drop",
+    "sinks.exec.max_attempts": "10",
+    "sinks.exec.batch_size": 0,
+    "sinks.exec.start": "tail",
+    "sinks.exec.env": {"NOT-A-NAME": "x"},
 }
 
 
@@ -78,11 +106,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def secrets_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PETSTORE_API_KEY", API_KEY)
     monkeypatch.setenv("PETSTORE_WEBHOOK_SECRET", ",".join(HOOK_SECRETS))
+    monkeypatch.setenv(SINK_SECRET_ENV, SINK_SECRET)
 
 
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     return json.dumps(value)
 
 
@@ -110,19 +141,19 @@ def test_bad_values_cover_every_key() -> None:
     keys = {
         f"{section}.{key}"
         for section, info in Config.model_fields.items()
-        if not info.exclude
+        if not info.exclude and section != "sinks"
         for key in info.annotation.model_fields  # type: ignore[union-attr]
     }
-    assert set(BAD_VALUES) == keys
+    assert set(BAD_VALUES) == keys | sink_keys()
 
 
 @pytest.mark.usefixtures("secrets_env")
 @pytest.mark.parametrize(("key", "value"), BAD_VALUES.items(), ids=list(BAD_VALUES))
 def test_every_bad_value_exits_2_naming_the_key(tmp_path: Path, key: str, value: Any) -> None:
-    section, name = key.split(".")
-    path = write(tmp_path, f"[{section}]\n{name} = {toml_value(value)}\n")
+    text, named = config_text(key, toml_value(value))
+    path = write(tmp_path, text)
     result = check("--config", str(path))
-    assert_clean_failure(result, f"{path}: {key}")
+    assert_clean_failure(result, f"{path}: {named}")
 
 
 @pytest.mark.usefixtures("secrets_env")
@@ -260,3 +291,38 @@ def test_example_config_passes_check_config() -> None:
     result = check("--config", str(example))
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
+
+
+@pytest.mark.usefixtures("secrets_env")
+def test_sinks_print_as_arrays_of_tables_without_their_secrets(tmp_path: Path) -> None:
+    exec_sink = sink_table("exec", "env", '{ DATABASE_URL = "postgresql:///shop" }')
+    path = write(tmp_path, sink_table("http") + exec_sink)
+    result = check("--config", str(path))
+    assert_secrets_hidden(result, (SINK_SECRET, SINK_SECRET.removeprefix("whsec_")))
+    assert result.output.count("[[sinks]]") == 2
+    assert 'url = "http://127.0.0.1:9000/hook"' in result.output
+    assert 'env = {"DATABASE_URL" = "postgresql:///shop"}' in result.output
+    assert 'sink_secrets = {"app" = "<set>"}' in result.output
+    as_json = check("--config", str(path), "--json")
+    assert_secrets_hidden(as_json, (SINK_SECRET,))
+    data = json.loads(as_json.output)
+    assert [s["name"] for s in data["sinks"]] == ["app", "script"]
+    assert data["secrets"]["sink_secrets"] == {"app": "<set>"}
+
+
+@pytest.mark.usefixtures("secrets_env")
+def test_a_missing_sink_secret_exits_2_naming_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SINK_SECRET_ENV)
+    path = write(tmp_path, sink_table("exec") + sink_table("http"))
+    assert_clean_failure(check("--config", str(path)), f"{path}: sinks.1.secret_env", f"${SINK_SECRET_ENV}")
+
+
+@pytest.mark.usefixtures("secrets_env")
+def test_sink_warnings_go_to_stderr(tmp_path: Path) -> None:
+    path = write(tmp_path, sink_table("exec", "events", '["orders.*"]'))
+    result = check("--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert "syncd: warning: sinks.0.events: no event syncd emits matches 'orders.*'" in result.stderr
+    assert "syncd: warning" not in result.stdout

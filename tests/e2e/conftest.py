@@ -70,8 +70,9 @@ def wait_until(
         time.sleep(interval)
 
 
-def to_toml(sections: dict[str, dict[str, Any]]) -> str:
-    """Just enough TOML for syncd configs: tables of strings, numbers, booleans, lists."""
+def to_toml(sections: dict[str, Any]) -> str:
+    """Just enough TOML for syncd configs: tables of strings, numbers, booleans, lists; a
+    list of tables (`sinks`) is an array of tables."""
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -86,9 +87,10 @@ def to_toml(sections: dict[str, dict[str, Any]]) -> str:
 
     lines: list[str] = []
     for name, table in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {value(v)}" for k, v in table.items())
-        lines.append("")
+        for item in table if isinstance(table, list) else [table]:
+            lines.append(f"[[{name}]]" if isinstance(table, list) else f"[{name}]")
+            lines.extend(f"{k} = {value(v)}" for k, v in item.items())
+            lines.append("")
     return "\n".join(lines)
 
 

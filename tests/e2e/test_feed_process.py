@@ -1,0 +1,182 @@
+"""The change feed across a crash: `syncd run` killed with SIGKILL while its http sink's
+receiver holds a delivery open, then started again on the same store. The change in flight
+is delivered again with the same seq and webhook-id, nothing is skipped, and every change
+reaches the receiver at least once, in seq order."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks import Webhook
+
+from syncd.signatures import sign
+from tests.e2e.conftest import WEBHOOK_SECRET, DaemonProcess, SimProcess, daemon_sections, wait_until
+
+pytestmark = pytest.mark.slow
+
+SINK_SECRET = "whsec_" + base64.b64encode(b"e2e-feed-sink-secret-32-bytes!!!").decode()
+#: The change whose first delivery the receiver holds open until the daemon is killed.
+HELD_SEQ = 3
+
+
+class _Receiver:
+    """A Standard Webhooks receiver on 127.0.0.1 in threads: records every request (seq,
+    webhook-id, verified) and holds the first delivery of HELD_SEQ open until released."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[int, str, bool]] = []
+        self.delivered: list[int] = []
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("content-length", "0")))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    Webhook(SINK_SECRET).verify(raw, headers)
+                    verified = True
+                except Exception:
+                    verified = False
+                seq = int(json.loads(raw)["seq"])
+                with receiver._lock:
+                    first = all(s != seq for s, _, _ in receiver.requests)
+                    receiver.requests.append((seq, headers.get("webhook-id", ""), verified))
+                if seq == HELD_SEQ and first:
+                    receiver.held.set()
+                    # Until the test has killed the daemon: its connection dies with it.
+                    receiver.release.wait(60)
+                    return
+                with receiver._lock:
+                    receiver.delivered.append(seq)
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sink_receiver() -> Iterator[_Receiver]:
+    receiver = _Receiver()
+    yield receiver
+    receiver.close()
+
+
+def _post_order(url: str, order_id: int) -> None:
+    stamp = "2026-12-01T10:00:00.000Z"
+    data = {
+        "id": order_id,
+        "customer": "kill@example.com",
+        "status": "placed",
+        "total": 1.0,
+        "currency": "USD",
+        "items": [],
+        "createdAt": stamp,
+        "updatedAt": stamp,
+        "version": 1,
+    }
+    event_id = f"evt_kill_{order_id}"
+    body = json.dumps(
+        {"eventId": event_id, "event": "order.created", "timestamp": stamp, "data": data}
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        **sign("petstore", WEBHOOK_SECRET, body, msg_id=event_id, timestamp=0),
+    }
+    assert httpx.post(url, content=body, headers=headers, timeout=10).status_code == 200
+
+
+def _store(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_sigkill_mid_delivery_redelivers_the_same_change_and_skips_nothing(
+    tmp_path: Path, start_sim: Callable[..., SimProcess], sink_receiver: _Receiver
+) -> None:
+    sim = start_sim("--seed", "5", "--rate", "0", "--max-lag", "0s")
+    workdir = tmp_path / "daemon"
+    workdir.mkdir()
+    sections: dict[str, Any] = daemon_sections(sim.url, workdir)
+    sections["sinks"] = [
+        {
+            "name": "app",
+            "type": "http",
+            "url": sink_receiver.url,
+            "secret_env": "SINK_SECRET",
+            "timeout": "60s",
+        }
+    ]
+    env = {"SINK_SECRET": SINK_SECRET}
+    db = workdir / "mirror.db"
+    daemon = DaemonProcess(workdir, sections, env=env)
+    try:
+        assert daemon.webhook_url is not None
+        wait_until(
+            lambda: all(r["last_success_at"] for r in daemon.status()["resources"].values()),
+            30,
+            what="the first polls",
+        )
+        for order_id in range(1, 6):
+            _post_order(daemon.webhook_url, 800000 + order_id)
+        assert sink_receiver.held.wait(30), "the held delivery never came"
+        daemon.proc.kill()
+        daemon.proc.wait()
+        # Delivered before the kill: the changes before the held one, and its offset says so.
+        assert _store(db, "SELECT delivered_seq FROM _sink_offsets WHERE sink = 'app'") == [(HELD_SEQ - 1,)]
+        daemon.stop()
+
+        daemon = DaemonProcess(workdir, sections, env=env)
+        assert daemon.webhook_url is not None
+        for order_id in range(6, 8):
+            _post_order(daemon.webhook_url, 800000 + order_id)
+        head = 7
+        wait_until(lambda: head in sink_receiver.delivered, 30, what="the last change delivered")
+        mirror = _store(db, "SELECT value FROM _meta WHERE key = 'mirror_id'")[0][0]
+        assert _store(db, "SELECT MAX(seq) FROM _changes") == [(head,)]
+    finally:
+        daemon.stop()
+
+    requests = sink_receiver.requests
+    held = [(seq, wid) for seq, wid, _ in requests if seq == HELD_SEQ]
+    assert len(held) >= 2, "the change in flight at the kill was not delivered again"
+    assert {wid for _, wid in held} == {f"{mirror}-{HELD_SEQ}"}
+    assert all(verified for _, _, verified in requests)
+    assert all(wid == f"{mirror}-{seq}" for seq, wid, _ in requests)
+    # Nothing skipped: every seq reached the receiver, and each request is at most one past
+    # the highest seq seen before it (a redelivery goes back, never forward over a gap).
+    assert set(sink_receiver.delivered) == set(range(1, head + 1))
+    highest = 0
+    for seq, _, _ in requests:
+        assert seq <= highest + 1, f"seq {seq} came before seq {highest + 1}"
+        highest = max(highest, seq)
+    firsts = list(dict.fromkeys(seq for seq, _, _ in requests))
+    assert firsts == sorted(firsts)
