@@ -33,12 +33,13 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bench_receiver.py", [], ["--quick"]),
     ("bench_soak.py", [], ["--quick"]),
     ("bench_feed.py", [], ["--quick"]),
+    ("bench_feed_latency.py", [], ["--quick"]),
 ]
 
 #: `bench/run NAME`: only these scripts run, and RESULTS.md keeps every other benchmark's
 #: figures from the last full run.
 GROUPS: dict[str, list[str]] = {
-    "feed": ["bench_feed.py"],
+    "feed": ["bench_feed.py", "bench_feed_latency.py"],
 }
 
 
