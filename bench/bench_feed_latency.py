@@ -35,6 +35,7 @@ import orjson
 
 from syncd.signatures import sign
 from syncd.sim.loadgen import delivery
+from syncd.timefmt import to_epoch
 from tests.e2e.conftest import (
     WEBHOOK_SECRET,
     DaemonProcess,
@@ -55,11 +56,11 @@ SINK_SECRET = "whsec_" + base64.b64encode(b"bench-feed-latency-secret-0123").dec
 
 
 def serve_sink(port: int) -> None:
-    """Answer every POST 204, keeping (record id, version, seq, arrival time) per change;
-    a GET answers what was kept, as JSON."""
+    """Answer every POST 204, keeping (record id, version, the change's `at`, arrival time on
+    the monotonic and the wall clock) per change; a GET answers what was kept, as JSON."""
     import uvicorn
 
-    arrivals: list[tuple[Any, int, int, float]] = []
+    arrivals: list[tuple[Any, int, str, float, float]] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -70,13 +71,13 @@ def serve_sink(port: int) -> None:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        arrived = time.monotonic()
+        arrived, arrived_wall = time.monotonic(), time.time()
         if scope["method"] == "GET":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": orjson.dumps(arrivals)})
             return
         change = orjson.loads(body)
-        arrivals.append((change["record_id"], change["version"], change["seq"], arrived))
+        arrivals.append((change["record_id"], change["version"], change["at"], arrived, arrived_wall))
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -109,14 +110,16 @@ class SinkReceiver:
                     raise RuntimeError("the sink receiver did not start") from None
                 time.sleep(0.05)
 
-    def arrivals(self) -> list[tuple[Any, int, int, float]]:
+    def arrivals(self) -> list[tuple[Any, int, str, float, float]]:
         """What the receiver recorded; then it is stopped."""
         try:
             kept = httpx.get(self.url, timeout=30).raise_for_status().json()
         finally:
             self.proc.terminate()
             self.proc.wait(30)
-        return [(rid, int(version), int(seq), float(at)) for rid, version, seq, at in kept]
+        return [
+            (rid, int(version), str(at), float(mono), float(wall)) for rid, version, at, mono, wall in kept
+        ]
 
 
 class FeedDaemon(DaemonProcess):
@@ -129,7 +132,8 @@ class FeedDaemon(DaemonProcess):
         super().write_config(sections if isinstance(sections, str) else to_toml(sections) + self.sinks)
 
 
-Times = dict[tuple[int, int], tuple[float, float | None]]
+#: (record id, version) -> (sent, 2xx or None) on the monotonic clock, and sent on the wall clock
+Times = dict[tuple[int, int], tuple[float, float | None, float]]
 
 
 # -- the sender -----------------------------------------------------------------------------------
@@ -156,7 +160,7 @@ async def steady(url: str, rate: float, count: int, ids: int, connections: int, 
             if delay > 0:
                 await asyncio.sleep(delay)
             key, body, headers = prepared[n]
-            sent = time.monotonic()
+            sent, sent_wall = time.monotonic(), time.time()
             acked: float | None = None
             try:
                 async with session.post(url, data=body, headers=headers) as response:
@@ -165,7 +169,7 @@ async def steady(url: str, rate: float, count: int, ids: int, connections: int, 
                         acked = time.monotonic()
             except (aiohttp.ClientError, TimeoutError):
                 pass
-            times[key] = (sent, acked)
+            times[key] = (sent, acked, sent_wall)
 
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -179,13 +183,17 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def phase_figures(
-    rate: float, times: Times, first_arrival: dict[tuple[int, int], float], *, target: bool
+    rate: float, times: Times, first_arrival: dict[tuple[int, int], tuple[str, float, float]], *, target: bool
 ) -> tuple[list[dict[str, Any]], str]:
-    to_sink = [(first_arrival[k] - sent) * 1000 for k, (sent, _) in times.items() if k in first_arrival]
-    to_ack = [(acked - sent) * 1000 for sent, acked in times.values() if acked is not None]
+    arrived = [(times[k], first_arrival[k]) for k in times if k in first_arrival]
+    to_sink = [(mono - sent) * 1000 for (sent, _, _), (_, mono, _) in arrived]
+    to_ack = [(acked - sent) * 1000 for sent, acked, _ in times.values() if acked is not None]
+    # The breakdown, on the wall clock (the change's `at` is the mirror write's time, in ms).
+    to_mirror = [(to_epoch(at) - sent_wall) * 1000 for (_, _, sent_wall), (at, _, _) in arrived]
+    mirror_to_sink = [(wall - to_epoch(at)) * 1000 for _, (at, _, wall) in arrived]
     p50, p99 = quantile(to_sink, 0.5), quantile(to_sink, 0.99)
     ack50, ack99 = quantile(to_ack, 0.5), quantile(to_ack, 0.99)
-    sends = [sent for sent, _ in times.values()]
+    sends = [sent for sent, _, _ in times.values()]
     achieved = (len(sends) - 1) / (max(sends) - min(sends))
     figures = [
         {
@@ -222,7 +230,9 @@ def phase_figures(
     note = (
         f"at {rate:g}/s: {len(sends):,} sent, {len(to_ack):,} acknowledged, {len(to_sink):,} reached the "
         f"sink (first arrival per record and version); max change-to-sink {max(to_sink):.1f} ms, "
-        f"max ack {max(to_ack):.1f} ms"
+        f"max ack {max(to_ack):.1f} ms; webhook to the mirror write's `at` p50 {quantile(to_mirror, 0.5):.1f} / "
+        f"p99 {quantile(to_mirror, 0.99):.1f} ms, `at` to the sink p50 {quantile(mirror_to_sink, 0.5):.1f} / "
+        f"p99 {quantile(mirror_to_sink, 0.99):.1f} ms"
     )
     return figures, note
 
@@ -232,9 +242,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 seconds a rate, to check the harness")
     parser.add_argument(
         "--rates",
-        default="1000,200",
-        help="webhooks per second, one phase each; the first is the target's, the others show the "
-        "latency where the sink keeps up",
+        default="200,500,1000",
+        help="webhooks per second, one phase each, in this order; the target is the highest rate's, "
+        "the lower ones show the latency where the sink keeps up (run first: a backlog left by a "
+        "rate the sink cannot take would be measured too)",
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="per rate")
     parser.add_argument("--ids", type=int, default=2000, help="orders the webhooks cycle over")
@@ -264,7 +275,7 @@ def main() -> int:
         url = daemon.webhook_url
         assert url is not None
         # Warm-up: the first deliveries open connections and fill caches; not measured.
-        asyncio.run(steady(url, rates[-1], WARMUP, args.ids, args.connections))
+        asyncio.run(steady(url, rates[0], WARMUP, args.ids, args.connections))
         first = (WARMUP // args.ids + 1) * args.ids
         for rate in rates:
             wait_until(lambda: caught_up(daemon), 120, interval=0.25, what="the sink to catch up")
@@ -281,9 +292,9 @@ def main() -> int:
             daemon.stop()
         sim.stop()
         arrivals = receiver.arrivals()
-    first_arrival: dict[tuple[int, int], float] = {}
-    for rid, version, _seq, arrived in arrivals:
-        first_arrival.setdefault((int(rid), int(version)), arrived)
+    first_arrival: dict[tuple[int, int], tuple[str, float, float]] = {}
+    for rid, version, at, mono, wall in arrivals:
+        first_arrival.setdefault((int(rid), int(version)), (at, mono, wall))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     figures: list[dict[str, Any]] = []
@@ -296,8 +307,8 @@ def main() -> int:
         "latency from just before the webhook's request was written to the sink receiver having read "
         "the change (it answers 204 at once); both clocks CLOCK_MONOTONIC on one machine",
     ]
-    for i, (rate, times) in enumerate(phases):
-        more, note = phase_figures(rate, times, first_arrival, target=i == 0)
+    for rate, times in phases:
+        more, note = phase_figures(rate, times, first_arrival, target=rate == max(rates))
         figures += more
         notes.append(note)
     print(json.dumps({"name": "change feed latency (syncd run)", "figures": figures, "notes": notes}))
