@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime as dt
+import importlib.util
 import json
 import logging
 import os
@@ -112,11 +114,12 @@ class Clocks:
         self.cpu = self._cpu() - self._cpu0
 
 
-def interleaved(rounds: int) -> Iterator[tuple[int, tuple[str, str]]]:
-    """Round numbers with the order A and B run in, swapped every round so neither always
+def interleaved(rounds: int, sides: str = "ab") -> Iterator[tuple[int, str]]:
+    """Round numbers with the order the sides run in, rotated every round so none always
     runs first (a warmer cache, a quieter moment)."""
     for r in range(rounds):
-        yield r, ("a", "b") if r % 2 == 0 else ("b", "a")
+        k = r % len(sides)
+        yield r, sides[k:] + sides[:k]
 
 
 # -- apply with the log on and off -----------------------------------------------------------
@@ -305,16 +308,39 @@ def runner_for(feed: Feed, sink: Any, batch_size: int) -> SinkRunner:
     return SinkRunner(sink, feed.log, feed.notifier, batch_size=batch_size, start=Start.BEGINNING)
 
 
+@contextlib.contextmanager
+def sniffio_settled() -> Iterator[None]:
+    """httpcore asks `import sniffio` on every request; without sniffio installed (as here)
+    each failed import searches sys.path again. A None in sys.modules makes it fail at once,
+    as cheaply as an installed sniffio answers: what installing it would save."""
+    saved = sys.modules.get("sniffio", _ABSENT)
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if saved is _ABSENT:
+            del sys.modules["sniffio"]
+        else:
+            sys.modules["sniffio"] = saved  # type: ignore[assignment]
+
+
+_ABSENT: Any = object()
+
+
 async def http_rounds(feed: Feed, url: str, rounds: int) -> dict[str, list[Clocks]]:
+    """a: the sink; b: bare httpx; c: the sink without the failed sniffio imports (a
+    breakdown, when sniffio is not installed)."""
     items = feed.read_all()
     bodies = [c.to_json() for c in items]
-    out: dict[str, list[Clocks]] = {"a": [], "b": []}
-    for r, order in interleaved(rounds):
+    sides = "ab" if importlib.util.find_spec("sniffio") else "abc"
+    out: dict[str, list[Clocks]] = {side: [] for side in sides}
+    for r, order in interleaved(rounds, sides):
         for side in order:
-            if side == "a":
-                sink = HttpSink(f"http{r}", url, SECRET)
+            if side in "ac":
+                sink = HttpSink(f"http{r}{side}", url, SECRET)
                 try:
-                    with Clocks() as clocks:
+                    settled = sniffio_settled() if side == "c" else contextlib.nullcontext()
+                    with settled, Clocks() as clocks:
                         await deliver_all(feed, runner_for(feed, sink, 100), items[-1].seq)
                 finally:
                     await sink.aclose()
@@ -405,6 +431,26 @@ async def bench_sinks(tmp: Path, n: int, rounds: int) -> tuple[list[dict[str, An
     figures, notes = throughput_figures(
         "http", http_runs, n, "bare httpx POSTs, one keep-alive client", HTTP_TARGET
     )
+    if http_runs.get("c"):
+        settled = n / statistics.median(c.wall for c in http_runs["c"])
+        ratio = statistics.median(
+            s.wall / c.wall for s, c in zip(http_runs["a"], http_runs["c"], strict=True)
+        )
+        figures.append(
+            figure(
+                "http sink, failed sniffio imports avoided (breakdown)",
+                settled,
+                "changes/s",
+                baseline="the http sink as installed",
+                baseline_value=n / statistics.median(c.wall for c in http_runs["a"]),
+                ratio=ratio,
+            )
+        )
+        notes.append(
+            "http: sniffio is not installed, so httpcore's `import sniffio` (several per request) "
+            "searches sys.path every time; the breakdown row makes that import fail at once "
+            "(None in sys.modules), which is what installing sniffio would save"
+        )
     more_figures, more_notes = throughput_figures(
         "exec (cat, batches of 100)", exec_runs, n, "the same JSON Lines into one cat", EXEC_TARGET
     )
