@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import uvloop
 from bench_apply import BATCH, changes
@@ -329,10 +330,11 @@ _ABSENT: Any = object()
 
 async def http_rounds(feed: Feed, url: str, rounds: int) -> dict[str, list[Clocks]]:
     """a: the sink; b: bare httpx; c: the sink without the failed sniffio imports (a
-    breakdown, when sniffio is not installed)."""
+    breakdown, when sniffio is not installed); d: bare aiohttp POSTs (a reference: another
+    client's cost for the same requests)."""
     items = feed.read_all()
     bodies = [c.to_json() for c in items]
-    sides = "ab" if importlib.util.find_spec("sniffio") else "abc"
+    sides = "abd" if importlib.util.find_spec("sniffio") else "abcd"
     out: dict[str, list[Clocks]] = {side: [] for side in sides}
     for r, order in interleaved(rounds, sides):
         for side in order:
@@ -344,6 +346,16 @@ async def http_rounds(feed: Feed, url: str, rounds: int) -> dict[str, list[Clock
                         await deliver_all(feed, runner_for(feed, sink, 100), items[-1].seq)
                 finally:
                     await sink.aclose()
+            elif side == "d":
+                connector = aiohttp.TCPConnector(limit=1)
+                async with aiohttp.ClientSession(connector=connector) as session:
+                    headers = {"content-type": "application/json"}
+                    with Clocks() as clocks:
+                        for body in bodies:
+                            async with session.post(url, data=body, headers=headers) as answer:
+                                await answer.read()
+                                if answer.status != 204:
+                                    raise RuntimeError(f"receiver answered {answer.status}")
             else:
                 limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
                 async with httpx.AsyncClient(limits=limits) as client:
@@ -358,14 +370,23 @@ async def http_rounds(feed: Feed, url: str, rounds: int) -> dict[str, list[Clock
 
 
 async def exec_rounds(feed: Feed, rounds: int, batch: int) -> dict[str, list[Clocks]]:
+    """a: the sink; b: one long-lived cat; c: a cat per batch started by subprocess.run in a
+    worker thread (a reference: CPython's spawn, where the event loop's is uvloop's)."""
     items = feed.read_all()
-    out: dict[str, list[Clocks]] = {"a": [], "b": []}
-    for r, order in interleaved(rounds):
+    out: dict[str, list[Clocks]] = {"a": [], "b": [], "c": []}
+    for r, order in interleaved(rounds, "abc"):
         for side in order:
             if side == "a":
                 sink = CommandSink(f"exec{r}", ["cat"])
                 with Clocks(children=True) as clocks:
                     await deliver_all(feed, runner_for(feed, sink, batch), items[-1].seq)
+            elif side == "c":
+                with Clocks(children=True) as clocks:
+                    for start in range(0, len(items), batch):
+                        payload = b"".join(c.to_json() + b"\n" for c in items[start : start + batch])
+                        await asyncio.to_thread(
+                            subprocess.run, ["cat"], input=payload, stdout=subprocess.DEVNULL, check=True
+                        )
             else:
                 with Clocks(children=True) as clocks:
                     proc = await asyncio.create_subprocess_exec(
@@ -417,6 +438,10 @@ def throughput_figures(
     return figures, notes
 
 
+def reference(metric: str, runs: list[Clocks], n: int) -> dict[str, Any]:
+    return figure(metric, n / statistics.median(c.wall for c in runs), "changes/s")
+
+
 async def bench_sinks(tmp: Path, n: int, rounds: int) -> tuple[list[dict[str, Any]], list[str]]:
     path = tmp / "feed.db"
     prefill(path, n)
@@ -451,8 +476,12 @@ async def bench_sinks(tmp: Path, n: int, rounds: int) -> tuple[list[dict[str, An
             "searches sys.path every time; the breakdown row makes that import fail at once "
             "(None in sys.modules), which is what installing sniffio would save"
         )
+    figures.append(reference("bare aiohttp POSTs, one connection (reference)", http_runs["d"], n))
     more_figures, more_notes = throughput_figures(
         "exec (cat, batches of 100)", exec_runs, n, "the same JSON Lines into one cat", EXEC_TARGET
+    )
+    more_figures.append(
+        reference("cat per batch of 100 by subprocess.run in a thread (reference)", exec_runs["c"], n)
     )
     notes.insert(
         0,

@@ -195,6 +195,9 @@ def phase_figures(
     ack50, ack99 = quantile(to_ack, 0.5), quantile(to_ack, 0.99)
     sends = [sent for sent, _, _ in times.values()]
     achieved = (len(sends) - 1) / (max(sends) - min(sends))
+    # A sink that keeps up takes most changes while webhooks still come; a starved one takes
+    # them after the last webhook, and then every latency is about the phase's length.
+    during = sum(1 for _, (_, mono, _) in arrived if mono <= max(sends)) / len(arrived)
     figures = [
         {
             "metric": f"change-to-sink p99 at {rate:,.0f} webhooks/s",
@@ -229,7 +232,8 @@ def phase_figures(
     ]
     note = (
         f"at {rate:g}/s: {len(sends):,} sent, {len(to_ack):,} acknowledged, {len(to_sink):,} reached the "
-        f"sink (first arrival per record and version); max change-to-sink {max(to_sink):.1f} ms, "
+        f"sink (first arrival per record and version), {during:.0%} of them before the last webhook "
+        f"was sent; max change-to-sink {max(to_sink):.1f} ms, "
         f"max ack {max(to_ack):.1f} ms; webhook to the mirror write's `at` p50 {quantile(to_mirror, 0.5):.1f} / "
         f"p99 {quantile(to_mirror, 0.99):.1f} ms, `at` to the sink p50 {quantile(mirror_to_sink, 0.5):.1f} / "
         f"p99 {quantile(mirror_to_sink, 0.99):.1f} ms"
