@@ -76,6 +76,11 @@ def _loads(text: str | bytes) -> Any:
         return json.loads(text)
 
 
+#: Reads back the JSON a change's `data` and `changed` are stored as (for the store's
+#: narrower reads of the log).
+load_json = _loads
+
+
 #: Column order of `to_row()` and of `Change.from_row()` after `seq`; the store's SQL is
 #: built from it.
 ROW_FIELDS: Final = (

@@ -17,9 +17,9 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-from syncd.core.changes import ROW_FIELDS, Change, NewChange, RecordId
+from syncd.core.changes import ROW_FIELDS, Change, NewChange, RecordId, load_json
 
 _COLUMNS: Final = ", ".join(ROW_FIELDS)
 _SELECT: Final = f"SELECT seq, {_COLUMNS} FROM _changes"
@@ -288,3 +288,33 @@ def open_sink_dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:
         f"SELECT sink, COUNT(*) FROM _sink_dead_letters WHERE {_OPEN_SINK_DEAD_LETTER} GROUP BY sink"
     )
     return {str(sink): int(count) for sink, count in rows}
+
+
+class LastState(NamedTuple):
+    """What the apply path needs of a record's last change to chain the next one: its
+    version, whether it was a deletion, and its data."""
+
+    version: int
+    deleted: bool
+    data: Any
+
+
+def last_states_of(
+    conn: sqlite3.Connection, resource: str, record_ids: Sequence[RecordId]
+) -> dict[Any, LastState]:
+    """`last_changes_of` reduced to `LastState`, keyed the same way. The recorder asks this
+    for every record an update writes: reading three columns and parsing only `data` costs
+    about a third of building whole `Change`s."""
+    out: dict[Any, LastState] = {}
+    for start in range(0, len(record_ids), _MAX_IDS):
+        chunk = record_ids[start : start + _MAX_IDS]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT record_id, version, kind = 'deleted', data FROM _changes WHERE seq IN"
+            " (SELECT MAX(seq) FROM _changes WHERE resource = ?"
+            f" AND record_id IN ({marks}) GROUP BY record_id)",
+            (resource, *chunk),
+        )
+        for record_id, version, deleted, data in rows:
+            out[record_id] = LastState(version, bool(deleted), load_json(data))
+    return out

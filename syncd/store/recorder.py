@@ -170,7 +170,7 @@ class ChangeRecorder:
         out: dict[_KEY, _Previous] = {}
         for resource, id_iter in ids_by_resource.items():
             ids = list(id_iter)
-            logged = changelog.last_changes_of(store.conn, resource, ids)
+            logged = changelog.last_states_of(store.conn, resource, ids)
             from_mirror: list[Any] = []
             for rid in ids:
                 state = stored[(resource, rid)]
@@ -178,7 +178,7 @@ class ChangeRecorder:
                 if (
                     last is not None
                     and last.version == state.version
-                    and (deleted_ok or (last.kind is ChangeKind.DELETED) == state.deleted)
+                    and (deleted_ok or last.deleted == state.deleted)
                 ):
                     out[(resource, rid)] = _Previous(last.data, from_mirror=False)
                 else:

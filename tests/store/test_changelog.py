@@ -113,6 +113,47 @@ def test_last_change_chains_a_record(conn: sqlite3.Connection) -> None:
     assert {rid: c.seq for rid, c in many.items()} == {1: 3, 2: 2}
 
 
+def test_last_states_agree_with_last_changes(conn: sqlite3.Connection) -> None:
+    big = {"id": 3, "status": "placed", "version": 1, "total": 2**70}
+    deleted = new_change(
+        mirror="m-1",
+        resource="orders",
+        record_id=2,
+        kind=ChangeKind.DELETED,
+        source=ChangeSource.RELIST,
+        data={"id": 2, "status": "placed", "version": 1},
+        version=1,
+        previous={"id": 2, "status": "placed", "version": 1},
+        previous_version=1,
+        at=at(1),
+    )
+    commit(conn, [change(1, 1), change(2, 1), change(1, 2, status="shipped", previous=change(1, 1).data)])
+    # A value orjson cannot write takes the json module's way, and must read back the same.
+    created = new_change(
+        mirror="m-1",
+        resource="orders",
+        record_id=3,
+        kind=ChangeKind.CREATED,
+        source=ChangeSource.POLL,
+        data=big,
+        version=1,
+        previous=None,
+        previous_version=None,
+        at=at(1),
+    )
+    commit(conn, [deleted, created])
+    ids = [1, 2, 3, 99, "1"]
+    states = changelog.last_states_of(conn, "orders", ids)
+    changes = changelog.last_changes_of(conn, "orders", ids)
+    assert states == {
+        rid: changelog.LastState(c.version, c.kind is ChangeKind.DELETED, c.data)
+        for rid, c in changes.items()
+    }
+    assert (states[1].version, states[1].deleted, states[2].deleted) == (2, False, True)
+    assert states[3].data["total"] == 2**70
+    assert set(states) == {1, 2, 3}
+
+
 def test_offsets(conn: sqlite3.Connection) -> None:
     assert changelog.offset(conn, "app") is None
     changelog.set_offset(conn, "app", 5, now=100.0)
