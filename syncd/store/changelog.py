@@ -310,7 +310,7 @@ def last_states_of(
         chunk = record_ids[start : start + _MAX_IDS]
         marks = ",".join("?" * len(chunk))
         rows = conn.execute(
-            "SELECT record_id, version, kind = 'deleted', data FROM _changes WHERE seq IN"
+            "SELECT record_id, version, kind = 'deleted', CAST(data AS BLOB) FROM _changes WHERE seq IN"
             " (SELECT MAX(seq) FROM _changes WHERE resource = ?"
             f" AND record_id IN ({marks}) GROUP BY record_id)",
             (resource, *chunk),
