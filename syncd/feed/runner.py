@@ -179,6 +179,8 @@ class SinkRunner:
         self._pending: list[Change] = []
         self._pending_end = 0
         self._stopping = False
+        #: The offset write in flight (see `_commit`).
+        self._committing: asyncio.Future[None] | None = None
         self._log_failures = 0
 
     @property
@@ -197,8 +199,17 @@ class SinkRunner:
 
     async def run(self) -> None:
         """Deliver until stopped or cancelled."""
-        while not self._stopping:
-            await self.step()
+        try:
+            while not self._stopping:
+                await self.step()
+        except asyncio.CancelledError:
+            # The offset write in flight is for changes already delivered: let it land, so
+            # a new runner does not deliver them again.
+            if self._committing is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._committing)
+            raise
+        await self._flush_offset()
 
     async def _open(self) -> int:
         offset = await self._log.offset(self.name)
@@ -285,9 +296,22 @@ class SinkRunner:
         self._state = replace(self._state, state=DeliveryState.OK, attempts=0, next_attempt_at=None)
 
     async def _commit(self, seq: int) -> None:
-        await self._log.set_offset(self.name, seq)
+        # The offset is written while the next batch is read and delivered: waiting for the
+        # store's writer (queued behind the mirror's synced commits) after every batch made a
+        # caught-up sink as slow as that queue. Writes stay one at a time and in order, and an
+        # offset is only ever written once its changes were delivered; one lost to a crash
+        # means a redelivery, which at least once allows.
+        await self._flush_offset()
         self._offset = seq
         self._state = replace(self._state, delivered=seq)
+        self._committing = asyncio.ensure_future(self._log.set_offset(self.name, seq))
+
+    async def _flush_offset(self) -> None:
+        """Wait for the offset write in flight; its error is raised here (the step fails and
+        backs off like any other error of the log)."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            await committing
 
     async def _delivery_failed(self, reason: str, unexpected: BaseException | None) -> None:
         attempts = self._state.attempts + 1
