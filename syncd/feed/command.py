@@ -5,6 +5,8 @@ past `timeout`, fails the whole batch (the runner retries it). The command runs 
 shell, in a process group of its own, and that group is killed when the command exits, times
 out or the delivery is cancelled: a batch's processes end with it instead of piling up one per
 batch. Its stdout is discarded and its stderr kept, up to a cap, for the failure reason.
+(A process that leaves the group, with setsid, escapes that; the batch then waits at most
+`_DRAIN_GRACE` for it to close the stderr it holds.)
 
 Each batch runs in a thread of its own (`_Run`), not on the event loop: uvloop, the daemon's
 loop, forks to spawn (several milliseconds a batch, growing with the daemon's memory), where
@@ -100,6 +102,8 @@ class CommandSink:
 _EXIT_POLL: Final = 0.005
 #: How often, once the command has exited, to look whether the delivery was cancelled.
 _STOP_POLL: Final = 0.05
+#: How long, once the command has exited, its stderr may stay open (see `_communicate`).
+_DRAIN_GRACE: Final = 1.0
 
 
 class _Run:
@@ -205,10 +209,11 @@ class _Run:
                         payload = self._write(proc, selector, payload)
                     elif key.fd == stderr:
                         reading = self._read(selector, stderr)
-            # What it started dies with it; their end of the pipe closes with them (only a
-            # process that left the group keeps it, for as long as the deadline allows, or
-            # until the delivery is cancelled).
+            # What it started dies with it; their end of the pipe closes with them. Only a
+            # process that left the group (setsid) keeps it open: the command's own stderr is
+            # all in the pipe by now, so that one is not waited for past a grace.
             _kill_group(proc)
+            deadline = min(deadline, time.monotonic() + _DRAIN_GRACE)
             if pidfd is not None:
                 selector.unregister(pidfd)
             if payload:  # exited without reading it all
