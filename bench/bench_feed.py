@@ -8,7 +8,8 @@
 - http: a log pre-filled with changes, delivered by a `SinkRunner` with an `HttpSink` to a
   receiver in another process (uvicorn, httptools, a raw ASGI app answering 204), the way
   the daemon assembles it (the store's writer thread, a reader connection). Baseline: the
-  same bodies as bare httpx POSTs over one keep-alive client, interleaved.
+  same bodies as bare POSTs with the sink's client (aiohttp) over one keep-alive
+  connection, interleaved; bare httpx POSTs are a reference (the sink's earlier client).
 - exec: the same with a `CommandSink` running `cat` per batch of 100. Baseline: the same
   JSON Lines written to one long-lived `cat`.
 - rss: a writer appending 1,000,000 changes with apply_batch while a runner's sink always
@@ -23,9 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import datetime as dt
-import importlib.util
 import json
 import logging
 import os
@@ -309,44 +308,24 @@ def runner_for(feed: Feed, sink: Any, batch_size: int) -> SinkRunner:
     return SinkRunner(sink, feed.log, feed.notifier, batch_size=batch_size, start=Start.BEGINNING)
 
 
-@contextlib.contextmanager
-def sniffio_settled() -> Iterator[None]:
-    """httpcore asks `import sniffio` on every request; without sniffio installed (as here)
-    each failed import searches sys.path again. A None in sys.modules makes it fail at once,
-    as cheaply as an installed sniffio answers: what installing it would save."""
-    saved = sys.modules.get("sniffio", _ABSENT)
-    sys.modules["sniffio"] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        if saved is _ABSENT:
-            del sys.modules["sniffio"]
-        else:
-            sys.modules["sniffio"] = saved  # type: ignore[assignment]
-
-
-_ABSENT: Any = object()
-
-
 async def http_rounds(feed: Feed, url: str, rounds: int) -> dict[str, list[Clocks]]:
-    """a: the sink; b: bare httpx; c: the sink without the failed sniffio imports (a
-    breakdown, when sniffio is not installed); d: bare aiohttp POSTs (a reference: another
-    client's cost for the same requests)."""
+    """a: the sink; b: bare aiohttp POSTs over one connection (the sink's client, without
+    the sink: signing, the runner, the offsets); d: bare httpx POSTs (a reference: the
+    sink's earlier client, for the same requests)."""
     items = feed.read_all()
     bodies = [c.to_json() for c in items]
-    sides = "abd" if importlib.util.find_spec("sniffio") else "abcd"
+    sides = "abd"
     out: dict[str, list[Clocks]] = {side: [] for side in sides}
     for r, order in interleaved(rounds, sides):
         for side in order:
-            if side in "ac":
+            if side == "a":
                 sink = HttpSink(f"http{r}{side}", url, SECRET)
                 try:
-                    settled = sniffio_settled() if side == "c" else contextlib.nullcontext()
-                    with settled, Clocks() as clocks:
+                    with Clocks() as clocks:
                         await deliver_all(feed, runner_for(feed, sink, 100), items[-1].seq)
                 finally:
                     await sink.aclose()
-            elif side == "d":
+            elif side == "b":
                 connector = aiohttp.TCPConnector(limit=1)
                 async with aiohttp.ClientSession(connector=connector) as session:
                     headers = {"content-type": "application/json"}
@@ -356,7 +335,7 @@ async def http_rounds(feed: Feed, url: str, rounds: int) -> dict[str, list[Clock
                                 await answer.read()
                                 if answer.status != 204:
                                     raise RuntimeError(f"receiver answered {answer.status}")
-            else:
+            else:  # d
                 limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
                 async with httpx.AsyncClient(limits=limits) as client:
                     headers = {"content-type": "application/json"}
@@ -454,29 +433,15 @@ async def bench_sinks(tmp: Path, n: int, rounds: int) -> tuple[list[dict[str, An
         receiver.stop()
         feed.close()
     figures, notes = throughput_figures(
-        "http", http_runs, n, "bare httpx POSTs, one keep-alive client", HTTP_TARGET
+        "http", http_runs, n, "bare aiohttp POSTs, one keep-alive connection", HTTP_TARGET
     )
-    if http_runs.get("c"):
-        settled = n / statistics.median(c.wall for c in http_runs["c"])
-        ratio = statistics.median(
-            s.wall / c.wall for s, c in zip(http_runs["a"], http_runs["c"], strict=True)
+    figures.append(reference("bare httpx POSTs, one keep-alive client (reference)", http_runs["d"], n))
+    notes.append(
+        "http: CPU per request (median round), the sink / bare aiohttp / bare httpx: "
+        + " / ".join(
+            f"{statistics.median(c.cpu for c in http_runs[side]) / n * 1e6:.0f} us" for side in "abd"
         )
-        figures.append(
-            figure(
-                "http sink, failed sniffio imports avoided (breakdown)",
-                settled,
-                "changes/s",
-                baseline="the http sink as installed",
-                baseline_value=n / statistics.median(c.wall for c in http_runs["a"]),
-                ratio=ratio,
-            )
-        )
-        notes.append(
-            "http: sniffio is not installed, so httpcore's `import sniffio` (several per request) "
-            "searches sys.path every time; the breakdown row makes that import fail at once "
-            "(None in sys.modules), which is what installing sniffio would save"
-        )
-    figures.append(reference("bare aiohttp POSTs, one connection (reference)", http_runs["d"], n))
+    )
     more_figures, more_notes = throughput_figures(
         "exec (cat, batches of 100)", exec_runs, n, "the same JSON Lines into one cat", EXEC_TARGET
     )

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Final, TypedDict
 
-import httpx
+import aiohttp
 
 from syncd.config import Config, Secrets
 from syncd.config_feed import SINK_NAME_ENV, ExecSinkConfig, HttpSinkConfig, SinkConfig
@@ -58,7 +58,7 @@ def build_sink(
     cfg: SinkConfig,
     secrets: Secrets,
     *,
-    client: httpx.AsyncClient | None = None,
+    client: aiohttp.ClientSession | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> HttpSink | CommandSink:
     """The sink `cfg` describes. `secrets` is `Config.secrets` (an http sink's signing

@@ -182,6 +182,17 @@ class PollScheduler:
 
     async def _run(self, kind: JobKind, resource: str) -> None:
         try:
+            await self._attempt(kind, resource)
+        finally:
+            self._running.discard((kind, resource))
+        # A poll asked for while this one ran follows it, whether this one failed or not:
+        # the failure may be what the caller meant to retry.
+        if kind == "poll" and resource in self._rerun and not self.poller.stopping:
+            self._rerun.discard(resource)
+            self.trigger_now(resource)
+
+    async def _attempt(self, kind: JobKind, resource: str) -> None:
+        try:
             if self.poller.stopping:
                 return
             if kind == "poll":
@@ -195,16 +206,11 @@ class PollScheduler:
         except Exception as exc:
             await self._fail(kind, resource, type(exc).__name__, exc)
             return
-        finally:
-            self._running.discard((kind, resource))
         await self.poller.writer.run(_record_error, resource, None, self.clock())
         if self.on_result is not None:
             outcome = self.on_result(result)
             if inspect.isawaitable(outcome):
                 await outcome
-        if kind == "poll" and resource in self._rerun and not self.poller.stopping:
-            self._rerun.discard(resource)
-            self.trigger_now(resource)
 
     async def _fail(self, kind: JobKind, resource: str, label: str, exc: Exception) -> None:
         log.error("%s of %s failed: %s", "poll" if kind == "poll" else "full relist", resource, exc)

@@ -5,7 +5,7 @@ transaction, so a change commits with its mirror write or not at all, and a roll
 write gives its seqs back. What a change says (kind, event, `changed`) is decided against
 the record's previous change in the log: its exact JSON. A record with no usable previous
 change (mirrored before the log, created by an initial sync the log leaves out, pruned) is
-compared with the mirror's row instead (`syncd.core.changes.state_from_mirror`).
+compared with the mirror's row instead (`syncd.core.mirror_state`).
 
 The writer thread owns the recorder. After a job that appended changes commits, the writer
 calls the recorder's listeners (`syncd.store.writer`), which is how sink runners learn of
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from syncd.core.changes import ChangeKind, ChangeSource, NewChange, new_change, state_from_mirror
+from syncd.core.changes import EVENT_RULES, ChangeKind, ChangeSource, EventRule, change_row
+from syncd.core.mirror_state import state_from_mirror
 from syncd.core.reconcile import BatchPlan
 from syncd.core.records import Change as RecordChange
 from syncd.core.records import RecordId
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from syncd.store.mirror import MirrorTables as Store
 
 _KEY = tuple[str, Any]
+#: A `_changes` row in `ROW_FIELDS` order (`syncd.core.changes.change_row`).
+Row = tuple[Any, ...]
 
 
 class ChangeRecorder:
@@ -80,8 +82,8 @@ class ChangeRecorder:
         *,
         at: str,
         initial: bool = False,
-    ) -> list[NewChange]:
-        """The changes of the records `plan` writes, in its order; read before the writes
+    ) -> list[Row]:
+        """The log rows of the records `plan` writes, in its order; read before the writes
         (the mirror's rows are the fallback previous states). `initial`: the batch is part
         of the first full sync of an empty mirror."""
         picked: list[tuple[RecordChange, ChangeKind, StoredState | None]] = []
@@ -99,59 +101,73 @@ class ChangeRecorder:
             picked.append((change, kind, state))
         if not picked:
             return []
-        previous = self._previous_states(store, earlier, stored)
-        out: list[NewChange] = []
+        logged, mirrored = self._previous_states(store, earlier, stored)
+        mirror, rules, created = self.mirror_id, EVENT_RULES, ChangeKind.CREATED
+        # Rows straight from the record changes (`change_row`): a `NewChange` per row, its
+        # keyword call and `to_row` cost more than the rest of building it.
+        rows: list[Row] = []
         for change, kind, state in picked:
-            prior = None if state is None else previous.get((change.resource, change.id))
-            out.append(
-                new_change(
-                    mirror=self.mirror_id,
-                    resource=change.resource,
-                    record_id=change.id,
-                    kind=kind,
-                    source=ChangeSource(change.source),
-                    data=change.data,
-                    version=change.version,
-                    previous=None if prior is None else prior.state(change.data),
-                    previous_version=None if state is None else state.version,
-                    at=at,
-                    initial=initial and kind is ChangeKind.CREATED,
+            resource, rid, data = change.resource, change.id, change.data
+            if state is None:
+                previous = None
+            else:
+                previous = logged.get((resource, rid))
+                if previous is None and (content := mirrored.get((resource, rid))) is not None:
+                    previous = state_from_mirror(content, data)
+            rows.append(
+                change_row(
+                    mirror,
+                    _rule(rules, resource),
+                    resource,
+                    rid,
+                    kind,
+                    _SOURCES.get(change.source) or ChangeSource(change.source).value,
+                    data,
+                    change.version,
+                    previous,
+                    None if state is None else state.version,
+                    at,
+                    initial and kind is created,
                 )
             )
-        return out
+        return rows
 
-    def for_tombstones(self, store: Store, resource: str, ids: Sequence[Any], *, at: str) -> list[NewChange]:
+    def for_tombstones(self, store: Store, resource: str, ids: Sequence[Any], *, at: str) -> list[Row]:
         """The `deleted` changes of records a relist just tombstoned: each carries the record's
         last known data and version (`version == previous_version`)."""
-        out: list[NewChange] = []
+        rows: list[Row] = []
+        rule = _rule(EVENT_RULES, resource)
         for chunk in chunks(ids, 500):
             states = {(resource, rid): s for rid, s in store.mirror_states(resource, chunk).items()}
-            previous = self._previous_states(store, {resource: list(chunk)}, states, deleted_ok=True)
+            logged, mirrored = self._previous_states(store, {resource: list(chunk)}, states, deleted_ok=True)
             for rid in chunk:
                 state = states.get((resource, rid))
-                prior = previous.get((resource, rid))
-                if state is None or prior is None:
+                data = logged.get((resource, rid))
+                if data is None and (content := mirrored.get((resource, rid))) is not None:
+                    data = state_from_mirror(content, None)
+                if state is None or data is None:
                     continue
-                data = prior.state(None)
-                out.append(
-                    new_change(
-                        mirror=self.mirror_id,
-                        resource=resource,
-                        record_id=rid,
-                        kind=ChangeKind.DELETED,
-                        source=ChangeSource.RELIST,
-                        data=data,
-                        version=state.version,
-                        previous=data,
-                        previous_version=state.version,
-                        at=at,
+                rows.append(
+                    change_row(
+                        self.mirror_id,
+                        rule,
+                        resource,
+                        rid,
+                        ChangeKind.DELETED,
+                        ChangeSource.RELIST.value,
+                        data,
+                        state.version,
+                        data,
+                        state.version,
+                        at,
+                        False,
                     )
                 )
-        return out
+        return rows
 
-    def append(self, store: Store, new: Sequence[NewChange]) -> None:
-        if new:
-            changelog.append(store.conn, new)
+    def append(self, store: Store, rows: Sequence[Row]) -> None:
+        if rows:
+            changelog.append_rows(store.conn, rows)
             self.appended = True
 
     # -- previous states --------------------------------------------------------------------
@@ -163,11 +179,14 @@ class ChangeRecorder:
         stored: Mapping[_KEY, StoredState],
         *,
         deleted_ok: bool = False,
-    ) -> dict[_KEY, _Previous]:
+    ) -> tuple[dict[_KEY, Any], dict[_KEY, dict[str, Any]]]:
         """Each record's state before this write: the data of its last change when that
-        change is the stored state (same version, same deletedness), else the mirror's row.
+        change is the stored state (same version, same deletedness), else the mirror's row
+        (column values, decoded by the caller once the new state is known). Returned as
+        (from the log, from the mirror).
         `deleted_ok`: the row was tombstoned in this transaction, its last change is not."""
-        out: dict[_KEY, _Previous] = {}
+        logged_out: dict[_KEY, Any] = {}
+        mirror_out: dict[_KEY, dict[str, Any]] = {}
         for resource, id_iter in ids_by_resource.items():
             ids = list(id_iter)
             logged = changelog.last_states_of(store.conn, resource, ids)
@@ -180,22 +199,22 @@ class ChangeRecorder:
                     and last.version == state.version
                     and (deleted_ok or last.deleted == state.deleted)
                 ):
-                    out[(resource, rid)] = _Previous(last.data, from_mirror=False)
+                    logged_out[(resource, rid)] = last.data
                 else:
                     from_mirror.append(rid)
             if from_mirror:
                 for rid, content in store.mirror_contents(resource, from_mirror).items():
-                    out[(resource, rid)] = _Previous(content, from_mirror=True)
-        return out
+                    mirror_out[(resource, rid)] = content
+        return logged_out, mirror_out
 
 
-@dataclass(frozen=True, slots=True)
-class _Previous:
-    """A record's state before a write: the exact data of its last change, or the mirror
-    row's column values, decoded once the new state is known (`state_from_mirror`)."""
+#: A change's source as the log stores it, without building a `ChangeSource` per change;
+#: one the feed does not know falls through to `ChangeSource(...)`, which raises.
+_SOURCES: Final[Mapping[str, str]] = {source.value: source.value for source in ChangeSource}
 
-    data: Mapping[str, Any]
-    from_mirror: bool
 
-    def state(self, current: Mapping[str, Any] | None) -> Mapping[str, Any]:
-        return state_from_mirror(self.data, current) if self.from_mirror else self.data
+def _rule(rules: Mapping[str, EventRule], resource: str) -> EventRule:
+    rule = rules.get(resource)
+    if rule is None:
+        raise ValueError(f"no event rule for resource {resource!r}; known: {', '.join(rules)}")
+    return rule

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 
 from syncd.config import Config, load_config
@@ -225,14 +225,14 @@ secret_file = "{secret_file}"
         A_SECRET=SECRET,
     )
     assert cfg.secrets.sink_secrets == {"a": SECRET, "b": SECRET}
-    async with httpx.AsyncClient() as client:
+    async with aiohttp.ClientSession() as client:
         a, b = (build_sink(sink, cfg.secrets, client=client) for sink in cfg.sinks)
         assert isinstance(a, HttpSink)
         assert isinstance(b, HttpSink)
         # The URL is used as written: a trailing slash can be part of the receiver's route.
         assert (a.url, b.url) == ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b/")
         await a.aclose()
-        assert not client.is_closed  # the client is the caller's to close
+        assert not client.closed  # the client is the caller's to close
 
 
 def test_an_http_sink_without_its_secret_is_not_built(tmp_path: Path) -> None:

@@ -1,12 +1,20 @@
 import asyncio
+import contextlib
+import gc
 import socket
 import sqlite3
+import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from standardwebhooks import Webhook
 
+from syncd.core.changes import Change
 from syncd.feed.base import DeliveryState, SinkError
 from syncd.feed.http import HttpSink
 from syncd.feed.log import ConnectionChangeLog
@@ -299,3 +307,241 @@ async def test_deliver_reports_how_many_went_through(
     assert failed.value.delivered == 2
     assert failed.value.sink == "app"
     assert "seq 3: HTTP 500" in failed.value.reason
+
+
+# -- the client's behaviour, each against a real server on loopback --------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Any) -> AsyncIterator[str]:
+    """`handler` answering every method and path on 127.0.0.1; yields the base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+def one_change(conn: sqlite3.Connection) -> list[Change]:
+    append_orders(conn, [1])
+    return changelog.read_after(conn, 0, 1)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_redirect_is_a_failure_and_is_not_followed(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog], status: int, shared: bool
+) -> None:
+    conn, _ = db
+    batch = one_change(conn)
+    paths: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        paths.append(request.path)
+        if request.path == "/hook":
+            return web.Response(status=status, headers={"Location": "/moved"})
+        return web.Response(status=200)
+
+    async with serving(handle) as base, contextlib.AsyncExitStack() as stack:
+        # A caller's session follows redirects by default; the sink still does not.
+        client = await stack.enter_async_context(aiohttp.ClientSession()) if shared else None
+        async with HttpSink("app", f"{base}/hook", SECRET, client=client) as sink:
+            with pytest.raises(SinkError) as failed:
+                await sink.deliver(batch)
+    assert paths == ["/hook"]
+    assert failed.value.reason == f"seq 1: HTTP {status}"
+    assert failed.value.delivered == 0
+
+
+async def test_the_response_body_is_read_only_up_to_the_cap(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog],
+) -> None:
+    conn, _ = db
+    batch = one_change(conn)
+    written = 0
+    peers: list[int] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        nonlocal written
+        peers.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+        response = web.StreamResponse(status=500)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            for _ in range(16384):  # 1 GiB
+                await response.write(b"y" * 65536)
+                written += 65536
+        return response
+
+    async with serving(handle) as base, HttpSink("app", f"{base}/hook", SECRET, timeout=20) as sink:
+        for _ in range(2):
+            with pytest.raises(SinkError) as failed:
+                await sink.deliver(batch)
+            assert failed.value.reason == "seq 1: HTTP 500: " + "y" * 200
+    # The sink stopped reading at 16 KiB and dropped the connection: the server could write
+    # only what the sockets' buffers hold, and each attempt needed a new connection.
+    assert written < 64 * 2**20
+    assert len(set(peers)) == 2
+
+
+async def test_a_capped_body_of_exactly_the_cap_keeps_the_connection(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog],
+) -> None:
+    conn, _ = db
+    batch = one_change(conn)
+    peers: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+        return web.Response(status=200, body=b"z" * 1000)
+
+    async with serving(handle) as base:
+        async with HttpSink("app", f"{base}/hook", SECRET, max_response_body=1000) as sink:
+            for _ in range(3):
+                await sink.deliver(batch)
+    assert len(peers) == 3
+    assert len(set(peers)) == 1
+
+
+async def test_requests_share_one_keep_alive_connection_and_carry_the_headers(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog],
+) -> None:
+    conn, _ = db
+    append_orders(conn, range(1, 6))
+    batch = changelog.read_after(conn, 0, 10)
+    seen: list[tuple[int, dict[str, str], bytes]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        port = request.transport.get_extra_info("peername")[1]  # type: ignore[union-attr]
+        seen.append((port, {k.lower(): v for k, v in request.headers.items()}, await request.read()))
+        # A receiver's cookie is not sent back.
+        return web.Response(status=204, headers={"Set-Cookie": "session=abc; Path=/"})
+
+    async with serving(handle) as base:
+        # By name: a cookie jar keeps no cookies from a bare IP address.
+        url = base.replace("127.0.0.1", "localhost") + "/hook"
+        async with HttpSink("app", url, SECRET, user_agent="syncd-feed/test") as sink:
+            await sink.deliver(batch)
+    assert len({port for port, _, _ in seen}) == 1
+    for (_, headers, raw), change in zip(seen, batch, strict=True):
+        assert raw == change.to_json()
+        assert headers["content-type"] == "application/json"
+        assert headers["user-agent"] == "syncd-feed/test"
+        assert headers["accept-encoding"] == "identity"
+        assert headers["webhook-id"] == f"{MIRROR}-{change.seq}"
+        assert "cookie" not in headers
+        assert Webhook(SECRET).verify(raw, headers)["seq"] == change.seq
+
+
+async def test_the_timeout_bounds_a_receiver_holding_the_response_head(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog],
+) -> None:
+    conn, _ = db
+    batch = one_change(conn)
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        await release.wait()
+        return web.Response(status=200)
+
+    async with serving(handle) as base, HttpSink("app", f"{base}/hook", SECRET, timeout=0.5) as sink:
+        started = time.monotonic()
+        with pytest.raises(SinkError) as failed:
+            await sink.deliver(batch)
+        elapsed = time.monotonic() - started
+        release.set()
+    assert failed.value.reason == "seq 1: no answer within 0.5 s"
+    assert 0.5 <= elapsed < 5
+
+
+async def test_the_timeout_bounds_a_receiver_trickling_its_body(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog],
+) -> None:
+    conn, _ = db
+    batch = one_change(conn)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        response.content_length = 1000
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            for _ in range(1000):  # every read gets a byte well within any per-read timeout
+                await response.write(b"x")
+                await asyncio.sleep(0.02)
+        return response
+
+    async with serving(handle) as base, HttpSink("app", f"{base}/hook", SECRET, timeout=0.5) as sink:
+        started = time.monotonic()
+        with pytest.raises(SinkError, match=r"seq 1: no answer within 0\.5 s$"):
+            await sink.deliver(batch)
+        assert time.monotonic() - started < 5
+
+
+async def test_connection_refused_names_the_receiver_never_the_secret(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog],
+) -> None:
+    conn, _ = db
+    batch = one_change(conn)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with HttpSink("app", f"http://127.0.0.1:{port}/hook", SECRET, timeout=5) as sink:
+        with pytest.raises(SinkError) as failed:
+            await sink.deliver(batch)
+    reason = failed.value.reason
+    assert reason.startswith("seq 1: ConnectError: ")
+    assert f"127.0.0.1:{port}" in reason
+    assert SECRET not in reason
+    assert SECRET.removeprefix("whsec_") not in reason
+
+
+async def test_the_environments_proxy_is_used(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, _ = db
+    batch = one_change(conn)
+    targets: list[tuple[str, str]] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        targets.append((request.host, request.path))
+        return web.Response(status=204)
+
+    async with serving(proxy) as base:
+        for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", base)
+        async with HttpSink("app", "http://receiver.invalid/hook", SECRET) as sink:
+            await sink.deliver(batch)
+        monkeypatch.setenv("NO_PROXY", "receiver.invalid")
+        async with HttpSink("app", "http://receiver.invalid/hook", SECRET, timeout=5) as sink:
+            with pytest.raises(SinkError, match="ConnectError"):
+                await sink.deliver(batch)
+    assert targets == [("receiver.invalid", "/hook")]
+
+
+def test_a_sink_is_made_outside_an_event_loop_and_opens_nothing() -> None:
+    sink = HttpSink("app", "http://127.0.0.1:9/hook", SECRET)
+    assert sink._client is None
+    asyncio.run(sink.aclose())
+
+
+async def test_a_closed_sink_leaves_no_unclosed_session(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog], receiver: Receiver
+) -> None:
+    conn, _ = db
+    batch = one_change(conn)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sink = HttpSink("app", receiver.url, SECRET)
+        await sink.deliver(batch)
+        await sink.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await sink.deliver(batch)
+        del sink
+        gc.collect()
+    assert [str(w.message) for w in caught] == []

@@ -202,3 +202,52 @@ async def test_shutdown_awaits_a_poll_in_flight(tmp_path: Path) -> None:
     # The poll was awaited, not cancelled: every page it saw is committed, and the cursor with it.
     assert len(mirror_versions(tmp_path / "mirror.db", "orders")) == result.seen
     assert cursor_of(tmp_path / "mirror.db", "orders") == result.cursor
+
+
+class GatedPoller:
+    """Stands in for Poller: the first poll waits at a gate and then fails; later ones succeed."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.stopping = False
+        self.calls = 0
+        self.first_started = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def poll(self, resource: str) -> PollResult:
+        self.calls += 1
+        if self.calls == 1:
+            self.first_started.set()
+            await self.gate.wait()
+            raise RuntimeError("the API answered 500")
+        return PollResult(resource, "incremental")
+
+    async def full_relist(self, resource: str) -> PollResult:
+        return PollResult(resource, "full")
+
+    def stop(self) -> None:
+        self.stopping = True
+
+
+async def test_a_poll_asked_for_while_one_fails_still_follows_it(writer: Writer) -> None:
+    poller = GatedPoller(writer)
+    results = Results()
+    sched = PollScheduler(
+        poller,  # type: ignore[arg-type]
+        ("orders",),
+        interval=3600,
+        full_relist_interval=86400,
+        jitter=0,
+        on_result=results,
+    )
+    await sched.start()
+    try:
+        async with asyncio.timeout(10):
+            await poller.first_started.wait()
+        sched.trigger_now("orders")  # while the first poll runs: coalesced to follow it
+        poller.gate.set()
+        [result] = await results.wait_for("orders", 1)
+    finally:
+        await sched.shutdown()
+    assert result.kind == "incremental"
+    assert poller.calls == 2
