@@ -5,6 +5,14 @@ past `timeout`, fails the whole batch (the runner retries it). The command runs 
 shell, in a process group of its own, and that group is killed when the command exits, times
 out or the delivery is cancelled: a batch's processes end with it instead of piling up one per
 batch. Its stdout is discarded and its stderr kept, up to a cap, for the failure reason.
+(A process that leaves the group, with setsid, escapes that; the batch then waits at most
+`_DRAIN_GRACE` for it to close the stderr it holds.)
+
+Each batch runs in a thread of its own (`_Run`), not on the event loop: uvloop, the daemon's
+loop, forks to spawn (several milliseconds a batch, growing with the daemon's memory), where
+`subprocess.Popen` uses vfork (about a millisecond). The thread feeds stdin, drains stderr
+and waits for the exit against the deadline; the event loop only waits for it, and on
+cancellation kills the group so that the thread returns at once.
 """
 
 from __future__ import annotations
@@ -12,7 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import selectors
 import signal
+import subprocess
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -55,88 +67,226 @@ class CommandSink:
     async def deliver(self, batch: Sequence[Change]) -> None:
         payload = b"".join(change.to_json() + b"\n" for change in batch)
         span = f"seqs {batch[0].seq}-{batch[-1].seq}" if len(batch) > 1 else f"seq {batch[0].seq}"
+        run = _Run(self, payload)
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        # A thread per batch rather than the loop's default executor: a batch may take up to
+        # `timeout`, and a few sinks doing that must not starve whatever else uses the pool.
+        thread = threading.Thread(
+            target=run.in_thread, args=(loop, finished), name=f"sink {self._name}", daemon=True
+        )
+        thread.start()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                env=self._env,
-                cwd=self._cwd,
+            await asyncio.shield(finished)
+        except asyncio.CancelledError:
+            run.stop()
+            # Killed, the group's processes die at once and the thread returns: wait for it, so
+            # that when the cancellation completes the batch's processes are gone and reaped.
+            while not finished.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(finished)
+            raise
+        if run.error is not None:
+            raise SinkError(
+                self._name, f"{span}: cannot run {self.command[0]!r}: {run.error.strerror or run.error}"
+            )
+        if run.timed_out:
+            raise SinkError(
+                self._name, _reason(f"{span}: still running after {self.timeout:g} s, killed", run.stderr)
+            )
+        if run.returncode != 0:
+            raise SinkError(self._name, _reason(f"{span}: {_status(run.returncode)}", run.stderr))
+
+
+#: How often to look whether the command exited where no pidfd tells (Linux < 5.3, others).
+_EXIT_POLL: Final = 0.005
+#: How often, once the command has exited, to look whether the delivery was cancelled.
+_STOP_POLL: Final = 0.05
+#: How long, once the command has exited, its stderr may stay open (see `_communicate`).
+_DRAIN_GRACE: Final = 1.0
+
+
+class _Run:
+    """One batch's command, run by `in_thread` (blocking) and stopped from the event loop
+    with `stop`. The outcome is left in `error` (could not start), `timed_out`, `returncode`
+    and `stderr` (its tail)."""
+
+    def __init__(self, sink: CommandSink, payload: bytes) -> None:
+        self._sink = sink
+        self._payload = payload
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+        self.error: OSError | None = None
+        self.timed_out = False
+        self.returncode: int | None = None
+        self.stderr = bytearray()
+
+    def stop(self) -> None:
+        """Kill the group (from any thread): the thread then returns within moments."""
+        with self._lock:
+            self._stopped = True
+            if self._proc is not None:
+                _kill_group(self._proc)
+
+    def in_thread(self, loop: asyncio.AbstractEventLoop, finished: asyncio.Future[None]) -> None:
+        outcome: BaseException | None = None
+        try:
+            self._run()
+        except BaseException as exc:  # a bug here must reach the runner, not vanish
+            outcome = exc
+        # A loop closed meanwhile has no one left waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, finished, outcome)
+
+    def _run(self) -> None:
+        sink = self._sink
+        deadline = time.monotonic() + sink.timeout
+        try:
+            proc = subprocess.Popen(
+                sink.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=sink._env,
+                cwd=sink._cwd,
                 start_new_session=True,
             )
         except OSError as exc:
-            raise SinkError(
-                self._name, f"{span}: cannot run {self.command[0]!r}: {exc.strerror or exc}"
-            ) from None
-        stderr = bytearray()
-        feeder = asyncio.create_task(self._feed(proc, payload))
-        drainer = asyncio.create_task(self._drain(proc, stderr))
-        try:
-            async with asyncio.timeout(self.timeout):
-                await _exited(proc)
-                # Whatever the command left running would hold the pipes open (and outlive
-                # the batch); the batch is over when the command is.
+            self.error = exc
+            return
+        with self._lock:
+            self._proc = proc
+            if self._stopped:  # cancelled while it was starting
                 _kill_group(proc)
-                await asyncio.gather(feeder, drainer)
-        except TimeoutError:
-            raise SinkError(
-                self._name, _reason(f"{span}: still running after {self.timeout:g} s, killed", stderr)
-            ) from None
+        try:
+            self._communicate(proc, deadline)
         finally:
+            # Whatever the command left running would hold the pipes open (and outlive the
+            # batch); the batch is over when the command is. Killed before it is reaped: the
+            # zombie keeps its pid, so the group's id cannot have been reused by then.
             _kill_group(proc)
-            feeder.cancel()
-            drainer.cancel()
-            await asyncio.gather(feeder, drainer, return_exceptions=True)
-            if proc.returncode is None:
-                # Killed just now: reap it so no zombie is left behind (SIGKILL cannot be
-                # ignored). Not `wait()`: a process that escaped the group may hold the pipes.
-                await _exited(proc)
-        if proc.returncode != 0:
-            raise SinkError(self._name, _reason(f"{span}: {_status(proc.returncode)}", stderr))
+            for pipe in (proc.stdin, proc.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+            # Dead now (SIGKILL cannot be ignored) but not yet reaped; `stop` must not kill
+            # the group once it is, so it forgets the process first.
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            with self._lock:
+                self._proc = None
+            # Reaps it, so no zombie is left behind.
+            self.returncode = proc.wait()
 
-    async def _feed(self, proc: asyncio.subprocess.Process, payload: bytes) -> None:
-        stdin = proc.stdin
-        assert stdin is not None
-        # A command that exits without reading all of its input is judged by its exit
-        # status alone, so a closed pipe is not an error here.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            stdin.write(payload)
-            await stdin.drain()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            stdin.close()
-            await stdin.wait_closed()
+    def _communicate(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
+        """Feed stdin and drain stderr until the command exits or the deadline passes, then
+        read what is left of stderr."""
+        assert proc.stdin is not None
+        assert proc.stderr is not None
+        stdin, stderr = proc.stdin.fileno(), proc.stderr.fileno()
+        os.set_blocking(stdin, False)
+        os.set_blocking(stderr, False)
+        pidfd = _pidfd(proc.pid)
+        payload = memoryview(self._payload)
+        with contextlib.ExitStack() as cleanup, selectors.DefaultSelector() as selector:
+            if pidfd is not None:
+                cleanup.callback(os.close, pidfd)
+                selector.register(pidfd, selectors.EVENT_READ)
+            selector.register(stderr, selectors.EVENT_READ)
+            if payload:
+                selector.register(stdin, selectors.EVENT_WRITE)
+            else:
+                proc.stdin.close()
+            reading = True
+            while not _exited(proc.pid):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.timed_out = True
+                    return
+                wait = remaining if pidfd is not None else min(remaining, _EXIT_POLL)
+                for key, _ in selector.select(wait):
+                    if key.fd == stdin:
+                        payload = self._write(proc, selector, payload)
+                    elif key.fd == stderr:
+                        reading = self._read(selector, stderr)
+            # What it started dies with it; their end of the pipe closes with them. Only a
+            # process that left the group (setsid) keeps it open: the command's own stderr is
+            # all in the pipe by now, so that one is not waited for past a grace.
+            _kill_group(proc)
+            deadline = min(deadline, time.monotonic() + _DRAIN_GRACE)
+            if pidfd is not None:
+                selector.unregister(pidfd)
+            if payload:  # exited without reading it all
+                selector.unregister(stdin)
+            while reading and not self._stopped:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                if selector.select(min(remaining, _STOP_POLL)):
+                    reading = self._read(selector, stderr)
 
-    async def _drain(self, proc: asyncio.subprocess.Process, kept: bytearray) -> None:
-        stream = proc.stderr
-        assert stream is not None
-        # Read to the end, so a chatty command never blocks on a full pipe, but keep only
-        # the tail.
-        while chunk := await stream.read(65536):
-            kept += chunk
-            if len(kept) > self._max_stderr:
-                del kept[: len(kept) - self._max_stderr]
+    def _write(
+        self, proc: subprocess.Popen[bytes], selector: selectors.BaseSelector, payload: memoryview
+    ) -> memoryview:
+        assert proc.stdin is not None
+        try:
+            payload = payload[os.write(proc.stdin.fileno(), payload) :]
+        except BlockingIOError:
+            return payload
+        except (BrokenPipeError, ConnectionResetError):
+            # A command that exits without reading all of its input is judged by its exit
+            # status alone, so a closed pipe is not an error here.
+            payload = payload[:0]
+        if not payload:
+            selector.unregister(proc.stdin.fileno())
+            proc.stdin.close()  # the end of the input
+        return payload
+
+    def _read(self, selector: selectors.BaseSelector, fd: int) -> bool:
+        """Read what stderr has, keeping only the tail; False at its end."""
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            selector.unregister(fd)
+            return False
+        kept = self.stderr
+        kept += chunk
+        if len(kept) > self._sink._max_stderr:
+            del kept[: len(kept) - self._sink._max_stderr]
+        return True
 
 
-#: How often to look whether the command exited while something it started keeps its pipes
-#: open (asyncio's `wait()` also waits for the pipes to close).
-_EXIT_POLL: Final = 0.05
+def _settle(finished: asyncio.Future[None], exc: BaseException | None) -> None:
+    if finished.done():
+        return
+    if exc is None:
+        finished.set_result(None)
+    else:
+        finished.set_exception(exc)
 
 
-async def _exited(proc: asyncio.subprocess.Process) -> None:
-    waiter = asyncio.ensure_future(proc.wait())
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that turns readable when the process exits, where the system has them."""
     try:
-        while proc.returncode is None:
-            # Normally the pipes close with the process and `wait()` returns at once.
-            await asyncio.wait({waiter}, timeout=_EXIT_POLL)
-    finally:
-        waiter.cancel()
-        await asyncio.gather(waiter, return_exceptions=True)
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+def _exited(pid: int) -> bool:
+    # WNOWAIT: look without reaping, so the pid (and with it the group's id) stays taken
+    # until the group has been killed.
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     # The command is its process group's leader (start_new_session), so its pid names the
-    # group; what it started is killed with it.
+    # group; what it started is killed with it. Never after it was reaped: the id could be
+    # another group's by then.
+    if proc.returncode is not None:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
 
