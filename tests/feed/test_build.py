@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -24,25 +23,10 @@ from syncd.feed.log import ConnectionChangeLog
 from syncd.feed.runner import ChangeNotifier, OnFailure, SinkRunner, Start
 from syncd.store import changelog
 
-from .support import MIRROR, SECRET, FakeClock, Receiver, append_orders, open_log
+from .support import MIRROR, SECRET, FakeClock, Receiver, append_orders
 
 API_KEY = "sk_live_must_not_leak_4f9a"
 HOOK_SECRET = "petstore-hook-secret-must-not-leak"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, ConnectionChangeLog]]:
-    conn, log = open_log(tmp_path / "mirror.db")
-    yield conn, log
-    conn.close()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 def load(tmp_path: Path, text: str, **env: str) -> Config:

@@ -7,7 +7,6 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from syncd.feed.log import ConnectionChangeLog
 from syncd.feed.runner import ChangeNotifier, OnFailure, SinkRunner, Start
 from syncd.store import changelog
 
-from .support import MIRROR, FakeClock, append_orders, open_log, until
+from .support import MIRROR, FakeClock, append_orders, until
 
 # Appends each run's stdin to OUT, one JSON line per change, then a "---" line per run.
 # Exits with argv[2] (default 0); exits 1 without a word to stdout if any change has
@@ -50,13 +49,6 @@ with open(sys.argv[1], "w") as f:
     f.write(f"{__import__('os').getpid()} {child.pid}")
 time.sleep(600)
 """
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, ConnectionChangeLog]]:
-    conn, log = open_log(tmp_path / "mirror.db")
-    yield conn, log
-    conn.close()
 
 
 def script(tmp_path: Path, name: str, text: str) -> str:

@@ -5,8 +5,7 @@ import socket
 import sqlite3
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,22 +20,7 @@ from syncd.feed.log import ConnectionChangeLog
 from syncd.feed.runner import ChangeNotifier, OnFailure, SinkRunner, Start
 from syncd.store import changelog
 
-from .support import MIRROR, SECRET, Action, FakeClock, Receiver, Request, append_orders, open_log
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, ConnectionChangeLog]]:
-    conn, log = open_log(tmp_path / "mirror.db")
-    yield conn, log
-    conn.close()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
+from .support import MIRROR, SECRET, Action, FakeClock, Receiver, Request, append_orders
 
 
 def runner_for(

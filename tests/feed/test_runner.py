@@ -3,7 +3,7 @@ import random
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,13 +43,6 @@ class MemorySink:
     @property
     def seqs(self) -> list[int]:
         return [s for batch in self.batches for s in batch]
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[sqlite3.Connection, ConnectionChangeLog]]:
-    conn, log = open_log(tmp_path / "mirror.db")
-    yield conn, log
-    conn.close()
 
 
 async def drive(runner: SinkRunner, done: Callable[[], bool]) -> None:
