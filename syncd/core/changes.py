@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, Final
 
@@ -28,6 +28,7 @@ from syncd.core.events import changed_for as changed_for
 from syncd.core.events import derive_event as derive_event
 from syncd.core.events import is_low as is_low
 from syncd.core.events import matches as matches
+from syncd.core.events import rule_for as rule_for
 from syncd.core.events import transition as transition
 
 RecordId = int | str
@@ -139,21 +140,7 @@ class NewChange:
         )  # fmt: skip
 
     def with_seq(self, seq: int) -> Change:
-        return Change(
-            seq,
-            self.mirror,
-            self.event,
-            self.kind,
-            self.resource,
-            self.record_id,
-            self.version,
-            self.previous_version,
-            self.source,
-            self.changed,
-            self.data,
-            self.at,
-            self.initial,
-        )
+        return Change(seq, *_unsequenced_values(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,20 +255,16 @@ class Change:
         return (self.seq, *self.unsequenced().to_row())
 
     def unsequenced(self) -> NewChange:
-        return NewChange(
-            self.mirror,
-            self.event,
-            self.kind,
-            self.resource,
-            self.record_id,
-            self.version,
-            self.previous_version,
-            self.source,
-            self.changed,
-            self.data,
-            self.at,
-            self.initial,
-        )
+        return NewChange(*_unsequenced_values(self))
+
+
+#: `NewChange`'s fields, in order: `Change`'s after `seq`.
+_UNSEQUENCED: Final = tuple(f.name for f in fields(NewChange))
+assert tuple(f.name for f in fields(Change))[1:] == _UNSEQUENCED
+
+
+def _unsequenced_values(change: NewChange | Change) -> tuple[Any, ...]:
+    return tuple(getattr(change, name) for name in _UNSEQUENCED)
 
 
 def new_change(
@@ -304,16 +287,17 @@ def new_change(
     change (or of the mirror's row when the log no longer has one), None for a first state.
     For `deleted`, `data` and `version` are the last known state, so
     `version == previous_version`."""
+    event, changed = transition(rule_for(resource), kind, previous, data)
     return NewChange(
         mirror,
-        derive_event(resource, kind, previous, data),
+        event,
         kind,
         resource,
         record_id,
         version,
         previous_version,
         source,
-        changed_for(kind, previous, data),
+        changed,
         data,
         at,
         initial,

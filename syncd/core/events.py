@@ -134,6 +134,15 @@ ALL_EVENTS: Final = frozenset(
 )
 
 
+def rule_for(resource: str) -> EventRule:
+    """The resource's row of `EVENT_RULES`; an unknown resource is a programming error
+    (ValueError)."""
+    rule = EVENT_RULES.get(resource)
+    if rule is None:
+        raise ValueError(f"no event rule for resource {resource!r}; known: {', '.join(EVENT_RULES)}")
+    return rule
+
+
 def derive_event(
     resource: str,
     kind: ChangeKind,
@@ -143,9 +152,7 @@ def derive_event(
     """The event of a transition. `previous` is the record's state before the change (the
     data of its previous change, or the mirror's row), None when unknown. Never raises on
     record values; an unknown resource is a programming error (ValueError)."""
-    rule = EVENT_RULES.get(resource)
-    if rule is None:
-        raise ValueError(f"no event rule for resource {resource!r}; known: {', '.join(EVENT_RULES)}")
+    rule = rule_for(resource)
     if kind is ChangeKind.CREATED:
         return rule.created
     if kind is ChangeKind.DELETED:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from syncd.core.changes import EVENT_RULES, ChangeKind, ChangeSource, EventRule, change_row
+from syncd.core.changes import ChangeKind, ChangeSource, change_row, rule_for
 from syncd.core.mirror_state import state_from_mirror
 from syncd.core.reconcile import BatchPlan
 from syncd.core.records import Change as RecordChange
@@ -102,7 +102,7 @@ class ChangeRecorder:
         if not picked:
             return []
         logged, mirrored = self._previous_states(store, earlier, stored)
-        mirror, rules, created = self.mirror_id, EVENT_RULES, ChangeKind.CREATED
+        mirror, created = self.mirror_id, ChangeKind.CREATED
         # Rows straight from the record changes (`change_row`): a `NewChange` per row, its
         # keyword call and `to_row` cost more than the rest of building it.
         rows: list[Row] = []
@@ -117,7 +117,7 @@ class ChangeRecorder:
             rows.append(
                 change_row(
                     mirror,
-                    _rule(rules, resource),
+                    rule_for(resource),
                     resource,
                     rid,
                     kind,
@@ -136,7 +136,7 @@ class ChangeRecorder:
         """The `deleted` changes of records a relist just tombstoned: each carries the record's
         last known data and version (`version == previous_version`)."""
         rows: list[Row] = []
-        rule = _rule(EVENT_RULES, resource)
+        rule = rule_for(resource)
         for chunk in chunks(ids, 500):
             states = {(resource, rid): s for rid, s in store.mirror_states(resource, chunk).items()}
             logged, mirrored = self._previous_states(store, {resource: list(chunk)}, states, deleted_ok=True)
@@ -211,10 +211,3 @@ class ChangeRecorder:
 #: A change's source as the log stores it, without building a `ChangeSource` per change;
 #: one the feed does not know falls through to `ChangeSource(...)`, which raises.
 _SOURCES: Final[Mapping[str, str]] = {source.value: source.value for source in ChangeSource}
-
-
-def _rule(rules: Mapping[str, EventRule], resource: str) -> EventRule:
-    rule = rules.get(resource)
-    if rule is None:
-        raise ValueError(f"no event rule for resource {resource!r}; known: {', '.join(rules)}")
-    return rule
