@@ -17,6 +17,7 @@ from typing import Protocol, TypeVar
 
 from syncd.core.changes import Change
 from syncd.store import changelog
+from syncd.store.sql import unsynced_commits
 
 T = TypeVar("T")
 
@@ -43,19 +44,15 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection],
 
 
 def _unsynced(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """`_in_transaction` committed without its own fsync (synchronous=NORMAL). For offsets:
-    a commit lost to a power cut (a process crash loses nothing in WAL) only moves the sink
-    back to changes it then receives again, which at least once allows. A caught-up sink
+    """`_in_transaction` committed without its own fsync (`unsynced_commits`). For offsets:
+    a lost commit only moves the sink back to changes it then receives again, which at
+    least once allows. A caught-up sink
     commits after every change or two; an fsync each would hold the store's writer, and
     the mirror writes queued behind it, for a disk flush per delivery."""
     if conn.in_transaction:
         return fn(conn)
-    level = int(conn.execute("PRAGMA synchronous").fetchone()[0])
-    conn.execute("PRAGMA synchronous=NORMAL")
-    try:
+    with unsynced_commits(conn):
         return _in_transaction(conn, fn)
-    finally:
-        conn.execute(f"PRAGMA synchronous={level}")
 
 
 def _set_offset(sink: str, seq: int) -> Callable[[sqlite3.Connection], None]:

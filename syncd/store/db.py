@@ -29,7 +29,7 @@ from syncd.store.cursors import CursorTable
 from syncd.store.mirror import MirrorTables
 from syncd.store.recorder import ChangeRecorder
 from syncd.store.schema import META_MIRROR_ID, META_SCHEMA_VERSION, MIGRATIONS, SCHEMA_VERSION
-from syncd.store.sql import connect
+from syncd.store.sql import connect, unsynced_commits
 
 
 class Store(MirrorTables, CursorTable):
@@ -135,15 +135,11 @@ def replayable_transaction(store: Store) -> Iterator[None]:
     same transaction, so a lost commit leaves them to be applied again) and the audit trail.
     WAL keeps commits in order and the next FULL commit (the next acknowledgement) syncs
     everything before it, so this never weakens what an acknowledgement promises; it only
-    keeps the disk's flushes for acknowledgements. FULL is restored whatever happens."""
+    keeps the disk's flushes for acknowledgements (`syncd.store.sql.unsynced_commits`)."""
     if store.conn.in_transaction:
         # Joining a caller's transaction: its own commit decides how it is synced.
         with store.db.atomic():
             yield
         return
-    store.conn.execute("PRAGMA synchronous=NORMAL")
-    try:
-        with store.db.atomic():
-            yield
-    finally:
-        store.conn.execute("PRAGMA synchronous=FULL")
+    with unsynced_commits(store.conn), store.db.atomic():
+        yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,21 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     # Timestamps are compared as instants, in SQL too: string order is wrong across offsets.
     conn.create_function("rfc3339_epoch", 1, try_epoch, deterministic=True)
     return conn
+
+
+@contextlib.contextmanager
+def unsynced_commits(conn: sqlite3.Connection) -> Iterator[None]:
+    """Commits inside are made without their own fsync (synchronous=NORMAL); the level
+    before is restored whatever happens. For work whose lost commit (a power cut; a process
+    crash loses nothing in WAL) is simply redone or redelivered. WAL keeps commits in
+    order, so the next synced commit syncs these too. Enter it outside a transaction:
+    SQLite refuses to change the level inside one."""
+    level = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA synchronous={level}")
 
 
 #: Rows per multi-row INSERT at most.
