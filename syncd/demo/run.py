@@ -81,6 +81,10 @@ page_size = 500
 # Customers can be hard-deleted with no event; only a full listing finds that. The demo's shop
 # is small, so it relists often enough to show it within the run.
 full_relist_interval = "20s"
+# The demo's workload hard-deletes customers fast for a shop this small: between two relists
+# that can pass the default 10% mass-delete guard, which is there for an API that suddenly
+# lists far less, not for deletions the workload really made.
+max_tombstone_ratio = 0.5
 
 [webhook]
 listen = "127.0.0.1:{webhook_port}"
