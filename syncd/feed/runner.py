@@ -317,6 +317,8 @@ class SinkRunner:
         attempts = self._state.attempts + 1
         change = self._pending[0]
         if self.on_failure is OnFailure.SKIP and attempts >= self.max_attempts:
+            # The dead letter also moves the offset: the write before it must land first.
+            await self._flush_offset()
             await self._log.dead_letter(self.name, change, reason)
             self._report("dead_lettered", 1, time.perf_counter())
             log.warning(

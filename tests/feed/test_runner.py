@@ -259,11 +259,23 @@ async def test_writer_change_log(tmp_path: Path) -> None:
     writer_conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     writes = 0
+    in_flight = 0
+    overlapped = 0
 
     async def on_writer(fn: Callable[[sqlite3.Connection], T]) -> T:
-        nonlocal writes
+        # Like the store writer, work must reach it one call at a time; a runner that
+        # issued a second write before the first finished would show as an overlap here
+        # (the yields give such a second write the chance to start).
+        nonlocal writes, in_flight, overlapped
         writes += 1
-        return await asyncio.to_thread(fn, writer_conn)
+        in_flight += 1
+        overlapped += in_flight > 1
+        try:
+            for _ in range(5):
+                await asyncio.sleep(0)
+            return await asyncio.to_thread(fn, writer_conn)
+        finally:
+            in_flight -= 1
 
     log = WriterChangeLog(on_writer, reader)
     sink = MemorySink(fail=lambda batch: "poison" if any(c.seq == 2 for c in batch) else None)
@@ -273,6 +285,7 @@ async def test_writer_change_log(tmp_path: Path) -> None:
     assert changelog.offset(reader, "mem") == 3
     assert [d.seq for d in changelog.sink_dead_letters(reader, "mem")] == [2]
     assert writes > 0
+    assert overlapped == 0
     reader.close()
     writer_conn.close()
 
