@@ -5,17 +5,14 @@ signature; each marked delivered or failed, a failed one tried again by the next
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from standardwebhooks import Webhook
 
 from syncd.store import changelog
 from syncd.store.schema import META_MIRROR_ID
+from tests.sink_receiver import SinkReceiver
 
 from .feed_support import (
     SINK_SECRET,
@@ -31,45 +28,19 @@ from .feed_support import (
 ENV = {SINK_SECRET_ENV: SINK_SECRET}
 
 
-@dataclass
-class Receiver:
-    """Answers `statuses.get(seq, 200)`; records (webhook-id, seq, verified) per request."""
+class Receiver(SinkReceiver):
+    """Answers `statuses.get(seq, 200)` to a verified request, 401 to any other."""
 
-    statuses: dict[int, int] = field(default_factory=dict)
-    requests: list[tuple[str, int, bool]] = field(default_factory=list)
-    url: str = ""
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        super().__init__(SINK_SECRET, lambda seq, ok: self.statuses.get(seq, 200) if ok else 401)
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["content-length"]))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            try:
-                Webhook(SINK_SECRET).verify(body, headers)
-                verified = True
-            except Exception:
-                verified = False
-            seq = json.loads(body)["seq"]
-            state.requests.append((headers["webhook-id"], seq, verified))
-            self.send_response(state.statuses.get(seq, 200) if verified else 401)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    state.close()
 
 
 def dead_letters(tmp_path: Path, sink: str, seqs: list[int]) -> str:
@@ -96,8 +67,8 @@ def test_each_dead_letter_is_delivered_in_order_and_marked(tmp_path: Path, recei
 
     first = invoke(config, "replay", "--sink", "app", env=ENV)
     assert first.exit_code == 1, first.output
-    assert [(seq, ok) for _, seq, ok in receiver.requests] == [(2, True), (3, True), (5, True)]
-    assert [wid for wid, _, _ in receiver.requests] == [f"{mirror}-2", f"{mirror}-3", f"{mirror}-5"]
+    assert [(r.seq, r.verified) for r in receiver.requests] == [(2, True), (3, True), (5, True)]
+    assert [r.webhook_id for r in receiver.requests] == [f"{mirror}-2", f"{mirror}-3", f"{mirror}-5"]
     assert "seq 3 order.created: failed (seq 3: HTTP 500)" in first.stdout
     assert "sink app: 2 delivered, 1 failed" in first.stdout
     assert outcomes(tmp_path, "app") == [(2, "delivered"), (3, "failed"), (5, "delivered")]
@@ -110,7 +81,7 @@ def test_each_dead_letter_is_delivered_in_order_and_marked(tmp_path: Path, recei
     receiver.requests.clear()
     second = invoke(config, "replay", "--sink", "app", env=ENV)
     assert second.exit_code == 0, second.output
-    assert [seq for _, seq, _ in receiver.requests] == [3]
+    assert [r.seq for r in receiver.requests] == [3]
     assert "sink app: 1 delivered, 0 failed" in second.stdout
     third = invoke(config, "replay", "--sink", "app", env=ENV)
     assert third.exit_code == 0

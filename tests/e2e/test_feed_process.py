@@ -10,16 +10,15 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from standardwebhooks import Webhook
 
 from syncd.signatures import sign
 from tests.e2e.conftest import WEBHOOK_SECRET, DaemonProcess, SimProcess, daemon_sections, wait_until
+from tests.sink_receiver import SinkReceiver
 
 pytestmark = pytest.mark.slow
 
@@ -28,56 +27,19 @@ SINK_SECRET = "whsec_" + base64.b64encode(b"e2e-feed-sink-secret-32-bytes!!!").d
 HELD_SEQ = 3
 
 
-class _Receiver:
-    """A Standard Webhooks receiver on 127.0.0.1 in threads: records every request (seq,
-    webhook-id, verified) and holds the first delivery of HELD_SEQ open until released."""
+class _Receiver(SinkReceiver):
+    """Holds the first delivery of HELD_SEQ open (until the test has killed the daemon: its
+    connection dies with it); `held` is set when that request arrived."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[int, str, bool]] = []
-        self.delivered: list[int] = []
         self.held = threading.Event()
-        self.release = threading.Event()
-        self._lock = threading.Lock()
-        receiver = self
+        super().__init__(SINK_SECRET, self._answer_or_hold)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("content-length", "0")))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                try:
-                    Webhook(SINK_SECRET).verify(raw, headers)
-                    verified = True
-                except Exception:
-                    verified = False
-                seq = int(json.loads(raw)["seq"])
-                with receiver._lock:
-                    first = all(s != seq for s, _, _ in receiver.requests)
-                    receiver.requests.append((seq, headers.get("webhook-id", ""), verified))
-                if seq == HELD_SEQ and first:
-                    receiver.held.set()
-                    # Until the test has killed the daemon: its connection dies with it.
-                    receiver.release.wait(60)
-                    return
-                with receiver._lock:
-                    receiver.delivered.append(seq)
-                self.send_response(200)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+    def _answer_or_hold(self, seq: int, verified: bool) -> int | None:
+        if seq == HELD_SEQ and not self.held.is_set():
+            self.held.set()
+            return None
+        return 200 if verified else 401
 
 
 @pytest.fixture
