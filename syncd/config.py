@@ -140,12 +140,13 @@ class WebhookConfig(_Section):
     tls_cert: str | None = None
     tls_key: str | None = None
     header_timeout: Duration = 10.0
+    body_timeout: Duration = 10.0
     idle_timeout: Duration = 15.0
     max_header_bytes: Size = Field(default=32 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_headers: int = Field(default=100, ge=8, le=10_000)
     max_connections: int = Field(default=1024, ge=16, le=65_536)
 
-    @field_validator("header_timeout", "idle_timeout")
+    @field_validator("header_timeout", "body_timeout", "idle_timeout")
     @classmethod
     def _timeout_positive(cls, value: float) -> float:
         if not 0 < value <= 3600:

@@ -402,6 +402,8 @@ def test_example_config_unset_keys_are_the_ones_without_default() -> None:
     [
         ("header_timeout", "'1h'", "'3601s'"),
         ("header_timeout", "'1ms'", "'0s'"),
+        ("body_timeout", "'1h'", "'3601s'"),
+        ("body_timeout", "'1ms'", "'0s'"),
         ("idle_timeout", "'1h'", "'3601s'"),
         ("idle_timeout", "'1ms'", "'0ms'"),
         ("max_header_bytes", "'1KiB'", "1023"),

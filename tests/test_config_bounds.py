@@ -39,6 +39,7 @@ BOUNDS: dict[str, tuple[list[Any], list[Any]]] = {
     "poll.tombstone_floor": ([-1, 10_000_001], [0, 10_000_000]),
     "poll.jitter": (["61m", "99999999999999d"], ["0s", "1h"]),
     "webhook.header_timeout": (["0s", "3601s", "99999999999999d"], ["1ms", "1h"]),
+    "webhook.body_timeout": (["0s", "3601s", "99999999999999d"], ["1ms", "1h"]),
     "webhook.idle_timeout": (["0ms", "3601s"], ["1ms", "1h"]),
     "webhook.max_header_bytes": ([-1, 0, 1023, 16777217], ["1KiB", "16MiB"]),
     "webhook.max_headers": ([0, 7, 10001], [8, 10000]),

@@ -9,6 +9,9 @@ on every real delivery gets 503. This protocol adds, per connection:
 
 - a header-read timeout, from the connection (or the first byte of a request after a
   keep-alive pause) until its head is complete; past it the connection is closed;
+- a body-read timeout, from the end of a head until its body is complete (a client that
+  drips a body a byte at a time holds a connection and a buffer); past it the client gets
+  408 and the connection is closed;
 - caps on the number of header fields and on their size (the request target plus every
   header name and value), answered with 431 and a close; raw bytes received while a head is
   incomplete are capped too, so padding the parser does not report cannot grow memory;
@@ -30,16 +33,21 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-_431_BODY = b"Request Header Fields Too Large"
-_431 = b"".join(
-    [
-        STATUS_LINE[431],
-        b"content-type: text/plain; charset=utf-8\r\n",
-        b"content-length: " + str(len(_431_BODY)).encode() + b"\r\n",
-        b"connection: close\r\n\r\n",
-        _431_BODY,
-    ]
-)
+
+def _closing_response(status: int, body: bytes) -> bytes:
+    return b"".join(
+        [
+            STATUS_LINE[status],
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+_431 = _closing_response(431, b"Request Header Fields Too Large")
+_408 = _closing_response(408, b"Request Timeout")
 #: Bytes of a head the field caps do not see (method, version, separators, line ends), per
 #: header line and per request: the raw-byte cap allows them on top of `max_header_bytes`.
 _LINE_OVERHEAD = 64
@@ -49,6 +57,7 @@ _REQUEST_OVERHEAD = 1024
 @dataclass(frozen=True, slots=True)
 class HeadLimits:
     header_timeout: float
+    body_timeout: float
     max_header_bytes: int
     max_headers: int
     max_connections: int
@@ -63,20 +72,26 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
     raw_cap = limits.max_header_bytes + limits.max_headers * _LINE_OVERHEAD + _REQUEST_OVERHEAD
     #: Every open connection of this listener, oldest first (dicts keep insertion order).
     open_connections: dict[GuardedProtocol, None] = {}
-    # Header deadlines are checked by one sweep over the open connections a few times per
+    # Deadlines are checked by one sweep over the open connections a few times per
     # timeout rather than by a timer per request: arming and cancelling a timer for every
-    # request costs the hot path more than everything else here. A head is therefore
-    # closed between 1 and 1.25 header timeouts after it started.
-    sweep_every = limits.header_timeout / 4
+    # request costs the hot path more than everything else here. A head (a body) is
+    # therefore cut off between 1 and 1.25 of its timeout after it started.
+    sweep_every = min(limits.header_timeout, limits.body_timeout) / 4
     sweeper: list[asyncio.TimerHandle] = []
 
     def sweep(loop: asyncio.AbstractEventLoop) -> None:
         sweeper.clear()
-        cutoff = loop.time() - limits.header_timeout
+        now = loop.time()
+        head_cutoff = now - limits.header_timeout
+        body_cutoff = now - limits.body_timeout
         for conn in list(open_connections):
-            since = conn.head_since
-            if since is not None and since <= cutoff and not conn.transport.is_closing():
+            if conn.transport.is_closing():
+                continue
+            head, body = conn.head_since, conn.body_since
+            if head is not None and head <= head_cutoff:
                 conn.transport.close()
+            elif body is not None and body <= body_cutoff:
+                conn.body_timed_out()
         if open_connections:
             sweeper.append(loop.call_later(sweep_every, sweep, loop))
 
@@ -91,6 +106,8 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             super().__init__(config, server_state, app_state, _loop)
             #: When the head being waited for started (loop time); None between requests.
             self.head_since: float | None = None
+            #: When the body being waited for started (its head's end); None otherwise.
+            self.body_since: float | None = None
             #: True from the end of a response (or the connection) until a head is complete.
             self._awaiting_head = True
             self._raw_bytes = 0
@@ -109,7 +126,7 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             open_connections.pop(self, None)
-            self.head_since = None
+            self.head_since = self.body_since = None
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -158,9 +175,24 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             ):
                 self._too_large = True
                 raise _HeadTooLarge()
+            self.body_since = self.loop.time()
             super().on_headers_complete()
 
+        def on_message_complete(self) -> None:
+            self.body_since = None
+            super().on_message_complete()
+
+        def body_timed_out(self) -> None:
+            # A request still waiting for its body has no answer yet, so the 408 is the only
+            # one; its app sees a disconnect. (One answered early, say with 413, just closes.)
+            self.body_since = None
+            if self.cycle is not None and not self.cycle.response_started:
+                self.transport.write(_408)
+            self.transport.close()
+
         def on_response_complete(self) -> None:
+            # The rest of a body answered before it arrived counts as the next head's bytes.
+            self.body_since = None
             pipelined = bool(self.pipeline)
             super().on_response_complete()
             if not pipelined:

@@ -75,7 +75,14 @@ _ERRORS = {
 
 
 #: Settings the listener's protocol is built with (uvicorn_config), fixed until a restart.
-_LISTENER_KEYS = ("header_timeout", "idle_timeout", "max_header_bytes", "max_headers", "max_connections")
+_LISTENER_KEYS = (
+    "header_timeout",
+    "body_timeout",
+    "idle_timeout",
+    "max_header_bytes",
+    "max_headers",
+    "max_connections",
+)
 
 #: Response headers per response body (there are a dozen bodies), built once.
 _RESPONSE_HEADERS: dict[bytes, list[tuple[bytes, bytes]]] = {}

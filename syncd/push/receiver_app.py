@@ -91,7 +91,13 @@ def uvicorn_config(
         "loop": "uvloop",
         # uvicorn's httptools protocol with header timeout, head caps and idle eviction.
         "http": guarded_protocol(
-            HeadLimits(cfg.header_timeout, cfg.max_header_bytes, cfg.max_headers, cfg.max_connections)
+            HeadLimits(
+                cfg.header_timeout,
+                cfg.body_timeout,
+                cfg.max_header_bytes,
+                cfg.max_headers,
+                cfg.max_connections,
+            )
         ),
         "timeout_keep_alive": cfg.idle_timeout,
         "lifespan": "on",

@@ -56,6 +56,7 @@ BAD_VALUES: dict[str, Any] = {
     "webhook.tls_cert": 1,
     "webhook.tls_key": 1,
     "webhook.header_timeout": "0s",
+    "webhook.body_timeout": "0s",
     "webhook.idle_timeout": "2h",
     "webhook.max_header_bytes": "1B",
     "webhook.max_headers": 7,

@@ -132,6 +132,34 @@ async def test_a_head_never_finished_is_disconnected_after_the_header_timeout(tm
         await assert_intact(rx, client)
 
 
+async def test_a_body_dripped_past_the_body_timeout_gets_408_and_a_close(tmp_path: Path) -> None:
+    async with receiver(tmp_path, body_timeout="500ms", header_timeout="1h") as (rx, client):
+        await prime(rx, client)
+        request, _, _ = signed_request("evt_drip", {})
+        head, body = request.split(b"\r\n\r\n", 1)
+        # In pieces, but whole well within the timeout: delivered.
+        async with connection(rx) as (reader, writer):
+            quick, _, _ = signed_request("evt_pieces", {})
+            quick_head, quick_body = quick.split(b"\r\n\r\n", 1)
+            writer.write(quick_head + b"\r\n\r\n" + quick_body[:10])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(quick_body[10:])
+            await writer.drain()
+            assert status_of(await closed_by_server(reader)) == 200
+        # Half a body, then nothing: the client is told and cut off.
+        async with connection(rx) as (reader, writer):
+            writer.write(head + b"\r\n\r\n" + body[: len(body) // 2])
+            await writer.drain()
+            answer = await closed_by_server(reader)
+            assert status_of(answer) == 408
+            assert b"connection: close" in answer
+        events = {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        assert "evt_pieces" in events
+        assert "evt_drip" not in events
+        await assert_intact(rx, client)
+
+
 async def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
     async with receiver(tmp_path, idle_timeout="500ms", header_timeout="1h") as (rx, client):
         await prime(rx, client)
