@@ -8,6 +8,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,13 +39,26 @@ def state_from_mirror(content: Mapping[str, Any], current: Mapping[str, Any] | N
 
     A field whose stored value is what `current`'s value would be stored as counts as that
     value, so a conversion the store makes (a boolean kept as 0/1, a big integer as digits)
-    is never reported as a change; other nested values are read back from their JSON."""
+    is never reported as a change. A value that did change is read back in the type the new
+    one has where the store's conversion can be undone (0/1 under a boolean, digits under
+    an integer), so a flag turned off shows `from: true`, not `from: 1`; other nested values
+    are read back from their JSON."""
     out: dict[str, Any] = {}
     for key, stored in content.items():
-        if current is not None and key in current and to_stored_value(current[key]) == stored:
-            out[key] = current[key]
-        elif isinstance(stored, str):
-            out[key] = _nested_from_text(stored)
-        else:
-            out[key] = stored
+        if current is not None and key in current:
+            now = current[key]
+            if to_stored_value(now) == stored:
+                out[key] = now
+                continue
+            if type(now) is bool and type(stored) is int and stored in (0, 1):
+                out[key] = bool(stored)
+                continue
+            if type(now) is int and type(stored) is str and _DIGITS.fullmatch(stored):
+                out[key] = int(stored)
+                continue
+        out[key] = _nested_from_text(stored) if isinstance(stored, str) else stored
     return out
+
+
+#: An integer past 64 bits as the store keeps it (`to_column_value`).
+_DIGITS = re.compile(r"-?[0-9]+")
