@@ -219,7 +219,9 @@ class PetstoreClient:
                 else:
                     delay = exc.retry_after
                     log.info("%s %s: rate limited, waiting %.1f s as asked", method, path, delay)
-                await self._sleep(delay)
+                # Every request of this key waits, not only this one.
+                with self.budget.held():
+                    await self._sleep(delay)
 
     # -- listing ----------------------------------------------------------------------------
 

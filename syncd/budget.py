@@ -7,6 +7,11 @@ burst of thin events cannot spend the quota a real API enforces and leave pollin
 long, while a burst of fetches could; a fetch that waits only delays a thin event that the
 next poll brings anyway.
 
+A 429 speaks for the API key, not for the one request: while the request that got it waits
+out its Retry-After inside `held()`, no other request of the budget is sent, so the others
+do not spend that time collecting 429s of their own (which a real API may count against the
+key).
+
 The clock and the sleep are injectable, so tests drive the bucket without waiting.
 """
 
@@ -16,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -56,6 +61,8 @@ class RequestBudget:
         self._first: deque[asyncio.Future[None]] = deque()
         self._fetches: deque[asyncio.Future[None]] = deque()
         self._waker: asyncio.Task[None] | None = None
+        #: Requests waiting out a 429 (`held`); no token is granted while there are any.
+        self._holds = 0
         self.set_rate(rate, burst=burst)
         self._tokens = self._burst
 
@@ -75,6 +82,22 @@ class RequestBudget:
         self._tokens = min(self._tokens, self._burst)
         self._pump()
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Grant no token until the block ends (a 429's wait, on the waiter's own sleep);
+        requests that ask meanwhile queue in their usual order."""
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if not self._holds:
+                self._pump()
+
+    @property
+    def holding(self) -> bool:
+        return self._holds > 0
+
     def waiting(self, kind: RequestKind | None = None) -> int:
         if kind is None:
             return len(self._first) + len(self._fetches)
@@ -83,12 +106,13 @@ class RequestBudget:
     async def acquire(self, kind: RequestKind) -> float:
         """Wait for a token; returns the seconds waited (by the budget's clock)."""
         started = self._clock()
-        if self._rate is None:
+        held = self._holds > 0
+        if self._rate is None and not held:
             self._observe(kind, 0.0)
             return 0.0
         self._refill()
         queue = self._fetches if kind == "fetch" else self._first
-        if not self._first and not self._fetches and self._tokens >= 1:
+        if not held and not self._first and not self._fetches and self._tokens >= 1:
             self._tokens -= 1
             self._observe(kind, 0.0)
             return 0.0
@@ -137,6 +161,8 @@ class RequestBudget:
 
     def _pump(self) -> None:
         """Grant tokens to waiters in order; schedule the next grant if some still wait."""
+        if self._holds:
+            return  # the hold's end pumps
         if self._rate is None:
             while (fut := self._next_waiter()) is not None:
                 fut.set_result(None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from syncd.api import PetstoreClient
@@ -113,5 +114,67 @@ async def test_a_reload_changes_the_rate_of_the_running_client() -> None:
         assert client.budget.rate == 5.0
         retune_client(client, limited, unlimited)
         assert client.budget.rate is None
+    finally:
+        await client.aclose()
+
+
+async def test_a_hold_stops_every_request_until_it_ends_limited_or_not() -> None:
+    for rate in (None, 100.0):
+        clock = ManualClock()
+        budget = RequestBudget(rate, clock=clock, sleep=clock.sleep)
+        with budget.held():
+            assert budget.holding
+            waiting = [asyncio.ensure_future(budget.acquire(kind)) for kind in ("fetch", "poll")]
+            await settle()
+            clock.advance(60)  # time alone does not end a hold
+            await settle()
+            assert not any(w.done() for w in waiting)
+            assert budget.waiting() == 2
+            with budget.held():  # a second 429 while the first waits
+                pass
+            await settle()
+            assert not any(w.done() for w in waiting)
+        await settle()
+        assert all(w.done() for w in waiting)
+        assert not budget.holding
+        assert budget.waiting() == 0
+        budget.close()
+
+
+async def test_a_429_holds_the_other_requests_of_the_client() -> None:
+    # One request gets 429 with Retry-After: 30; another, sent while the first waits, goes
+    # out only after that wait ends.
+    clock = ManualClock()
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        if request.url.path.endswith("/orders") and sent.count(request.url.path) == 1:
+            return httpx.Response(
+                429, headers={"Retry-After": "30"}, json={"error": {"code": "rate_limited"}}
+            )
+        return httpx.Response(200, json={"data": [], "has_more": False, "next_cursor": None})
+
+    client = PetstoreClient(
+        "http://127.0.0.1:9/v1",
+        "k",
+        sleep=clock.sleep,
+        transport=httpx.MockTransport(handler),
+        budget=RequestBudget(None, clock=clock, sleep=clock.sleep),
+    )
+    try:
+        first = asyncio.ensure_future(client.fetch_page("orders", since=None, limit=10, cursor=None))
+        await settle()
+        assert client.budget.holding
+        second = asyncio.ensure_future(client.fetch_page("customers", since=None, limit=10, cursor=None))
+        await settle()
+        assert sent == ["/v1/orders"]
+        clock.advance(29.9)
+        await settle()
+        assert sent == ["/v1/orders"]
+        clock.advance(0.1)
+        await asyncio.gather(first, second)
+        assert sorted(sent[1:]) == ["/v1/customers", "/v1/orders"]
+        assert not client.budget.holding
     finally:
         await client.aclose()
