@@ -4,8 +4,10 @@ bookkeeping column described, bookkeeping hidden, and every canned query runs.""
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from syncd.cli import main
@@ -83,3 +85,13 @@ def test_browse_without_a_store_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["browse", "--config", str(tmp_path / "syncd.toml")])
     assert result.exit_code == 1
     assert f"no store at {tmp_path / 'mirror.db'}" in result.output
+
+
+def test_browse_without_datasette_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _store(tmp_path)
+    # As if the browse extra were not installed: importing it fails.
+    monkeypatch.setitem(sys.modules, "datasette.cli", None)
+    result = CliRunner().invoke(main, ["browse", "--config", str(tmp_path / "syncd.toml")])
+    assert result.exit_code == 1
+    assert "pip install 'syncd[browse]'" in result.output
+    assert Path(path).exists()
