@@ -105,6 +105,7 @@ def test_the_page_shows_the_daemon_and_follows_new_webhooks_without_reloading(
     orders_live = "#resources tr[data-resource='orders'] .live"
 
     _until(browser, "the first poll's orders", lambda d: _text(d, orders_live) == str(PRELOADED))
+    _until(browser, "readiness", lambda d: _text(d, "#ready").startswith("ready: last successful poll"))
     assert _text(browser, "#mode-current") == "push"
     assert _text(browser, "#mode-reason") == "started in push mode"
     assert _text(browser, "#daemon").startswith("running, pid ")

@@ -55,7 +55,19 @@ function modeClass(mode) {
   return mode === "push" || mode === "poll" ? "badge ok" : mode === "fallback" ? "badge warn" : "badge";
 }
 
-function renderStatus(s) {
+async function fetchReady() {
+  // 503 is an answer here (not ready, and why), not a failure to refresh.
+  const response = await fetch("/readyz", {cache: "no-store"});
+  return response.json();
+}
+
+function renderReady(r) {
+  const node = document.getElementById("ready");
+  node.textContent = (r.ready ? "ready: " : "not ready: ") + r.reason;
+  node.className = r.ready ? "" : "bad";
+}
+
+function renderStatus(s, ready) {
   setText("store", s.store);
   const d = s.daemon;
   setText("daemon", d.running ? "running, pid " + d.pid : "not running (last heartbeat " + ago(d.heartbeat_at) + ")");
@@ -102,6 +114,7 @@ function renderStatus(s) {
     ], {sink: name});
   }) : [row([Object.assign(el("td", "no sinks configured"), {colSpan: 6})])]);
 
+  if (!ready.ready) errors.push([new Date().toISOString(), "not ready: " + ready.reason]);
   errors.sort((a, b) => String(b[0]).localeCompare(String(a[0])));
   const list = document.getElementById("errors");
   list.replaceChildren(...(errors.length ? errors.map(([at, text]) => el("li", (at ? ago(at) + ": " : "") + text))
@@ -153,8 +166,10 @@ async function fetchJson(path) {
 
 async function refresh() {
   try {
-    const [status, history] = await Promise.all([fetchJson("/status.json"), fetchJson("/history.json")]);
-    renderStatus(status);
+    const [status, history, ready] = await Promise.all(
+      [fetchJson("/status.json"), fetchJson("/history.json"), fetchReady()]);
+    renderReady(ready);
+    renderStatus(status, ready);
     renderHistory(history);
     lastOk = Date.now();
     const updated = document.getElementById("updated");
