@@ -7,6 +7,8 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from syncd.history import History
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -142,6 +144,8 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        #: The same deliveries and latencies over the last 15 minutes, for the status page.
+        self.history = History()
 
         self.changes = Counter(
             "syncd_changes",

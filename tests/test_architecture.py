@@ -2,7 +2,7 @@
 
 Layers, from the top: entry points (cli, demo, sim, __main__) -> service -> ops ->
 push / poll / feed -> store -> core. The shared modules at the top level (config, errors, logs,
-metrics, timefmt, contract, jsonparse, signatures, budget, api and their helpers) sit
+metrics, history, timefmt, contract, jsonparse, signatures, budget, api and their helpers) sit
 beside the stages: any stage may use them, they use no stage,
 and core uses only the pure ones. Read from the source with `ast`, so a lazy import inside
 a function counts as much as one at the top of a module.
@@ -41,6 +41,7 @@ RANKS = {
     "config": 0,
     "config_feed": 0,
     "timefmt": 0,
+    "history": 0,
     "contract": 0,
     "config_values": 0,
     "jsonparse": 0,

@@ -51,7 +51,7 @@ def _toml_value(value: Any) -> str:
 
 def _register() -> None:
     """Commands live next to the code they drive; each module lists its click commands."""
-    from syncd.cli import changes, demo, run, sinks, sync, webhooks
+    from syncd.cli import browse, changes, demo, init, run, sinks, sync, webhooks
     from syncd.sim.cli import simulate
 
     for cmd in (
@@ -61,6 +61,8 @@ def _register() -> None:
         *webhooks.commands,
         *run.commands,
         *demo.commands,
+        *init.commands,
+        *browse.commands,
         simulate,
     ):
         main.add_command(cmd)

@@ -8,11 +8,11 @@ import sys
 from collections.abc import Callable
 
 import click
-from rich.console import Console
 
+from syncd.cli import status_view, terminal
 from syncd.cli.common import config_option, load
 from syncd.logs import setup_logging
-from syncd.ops.status import collect_status, render_status
+from syncd.ops.status import collect_status
 from syncd.service.daemon import Daemon
 from syncd.service.reload import secret_values
 
@@ -44,13 +44,17 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     "--json", "as_json", is_flag=True, help="Print the report as JSON (see syncd.ops.status.STATUS_SCHEMA)."
 )
 def status(config_path: str | None, as_json: bool) -> None:
-    """Mode and why, cursors, lag, last poll and webhook, counts; works while the daemon runs."""
+    """Mode and why, cursors, lag, last poll and webhook, counts; works while the daemon runs.
+
+    Fits 80 columns: times relative, ids shortened (--json has every value in full). Colour
+    only on a terminal; NO_COLOR turns it off.
+    """
     cfg = load(config_path, require_secrets=False)
     report = collect_status(cfg)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    render_status(report, Console())
+    status_view.render(report, terminal.console())
 
 
 commands = [run, status]

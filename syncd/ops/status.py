@@ -1,4 +1,6 @@
-"""`syncd status`: what the daemon is doing and how far the mirror is, read from the store.
+"""`syncd status`: what the daemon is doing and how far the mirror is, read from the store
+(its text form for people is syncd.cli.status_view; the admin status page reads the same
+report).
 
 Reads through a read-only SQLite connection (WAL lets it read while the daemon writes), so it
 works while the daemon runs, as another user, and without the API key. The JSON form follows
@@ -13,15 +15,10 @@ import sqlite3
 import time
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
-
 from syncd.config import Config
 from syncd.contract import RESOURCES
 from syncd.errors import StoreError
-from syncd.ops.status_feed import CHANGES_SCHEMA, SINKS_SCHEMA, collect_feed, render_feed
+from syncd.ops.status_feed import CHANGES_SCHEMA, SINKS_SCHEMA, collect_feed
 from syncd.poll.cursor import cursor_problem
 from syncd.store import events
 from syncd.store.cursors import cursor_rows
@@ -285,86 +282,3 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
         "fallback_switches": int(meta.get(META_MODE_SWITCHES, "0")),
         **feed,
     }
-
-
-def _show(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def _plain(value: Any) -> Text:
-    """A value that came from a record, shown as it is: never read as rich markup, and
-    characters a terminal would act on written as escapes."""
-    shown = _show(value)
-    if not shown.isprintable():
-        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
-    return Text(shown)
-
-
-def render_status(report: dict[str, Any], console: Console) -> None:
-    """The report as a few rich tables, for people."""
-    mode = report["mode"]
-    daemon = report["daemon"]
-    overview = Table(title=f"syncd status ({report['store']})", show_header=False)
-    overview.add_column("key", style="bold")
-    overview.add_column("value")
-    running = f"running (pid {daemon['pid']})" if daemon["running"] else "not running"
-    overview.add_row("daemon", f"{running}, last heartbeat {_show(daemon['heartbeat_at'])}")
-    overview.add_row("mode", f"{_show(mode['current'])} (configured: {report['configured_mode']})")
-    overview.add_row("why", _show(mode["reason"]))
-    overview.add_row("since", _show(mode["since"]))
-    overview.add_row("fallback switches", str(report["fallback_switches"]))
-    overview.add_row("last webhook", _show(report["last_webhook_at"]))
-    overview.add_row("inbox depth", str(report["inbox_depth"]))
-    dead = report["dead_letters"]
-    overview.add_row("dead letters", f"{dead['total']} ({dead['open']} open)")
-    console.print(overview)
-    if dead["latest"]:
-        letters = Table(title="open dead letters (latest first; `syncd replay --all` re-drives them)")
-        for column in ("id", "source", "resource", "record", "event", "reason"):
-            letters.add_column(column)
-        for d in dead["latest"]:
-            letters.add_row(
-                str(d["id"]),
-                *(_plain(d[key]) for key in ("source", "resource", "record_id", "event_id", "reason")),
-            )
-        console.print(letters)
-
-    table = Table(title="resources")
-    for column in (
-        "resource",
-        "cursor",
-        "lag s",
-        "last poll",
-        "last success",
-        "last error",
-        "live",
-        "tombstoned",
-    ):
-        table.add_column(column, justify="right" if column in ("lag s", "live", "tombstoned") else "left")
-    for name, r in report["resources"].items():
-        error = None if r["last_error"] is None else f"{r['last_error']} ({_show(r['last_error_at'])})"
-        table.add_row(
-            name,
-            _show(r["cursor"]),
-            _show(r["lag_seconds"]),
-            _show(r["last_poll_at"]),
-            _show(r["last_success_at"]),
-            _show(error),
-            str(r["live"]),
-            str(r["tombstoned"]),
-        )
-    console.print(table)
-    for name, r in report["resources"].items():
-        for note in (r["cursor_problem"], r["relist_held_back"]):
-            if note is not None:
-                console.print(f"[bold yellow]{name}[/]: {escape(note)}")
-
-    events = Table(title="webhook events by outcome")
-    events.add_column("outcome")
-    events.add_column("count", justify="right")
-    for outcome, count in sorted(report["events"].items()):
-        events.add_row(outcome, str(count))
-    if not report["events"]:
-        events.add_row("(none)", "0")
-    console.print(events)
-    render_feed(report, console)

@@ -11,10 +11,6 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from syncd.config import Config
 from syncd.store import changelog
 from syncd.store.sinkstore import sink_states
@@ -124,40 +120,3 @@ def collect_feed(conn: sqlite3.Connection, cfg: Config, *, daemon_running: bool)
         },
         "sinks": sinks,
     }
-
-
-def _show(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
-def render_feed(report: dict[str, Any], console: Console) -> None:
-    """The change log in a line and the sinks as a table."""
-    log = report["changes"]
-    enabled = "" if log["enabled"] else " (changes.enabled = false: nothing new is logged)"
-    console.print(
-        Text(
-            f"change log: head seq {log['head_seq']}, oldest {_show(log['oldest_seq'])},"
-            f" {log['entries']} entries{enabled}"
-        )
-    )
-    if not report["sinks"]:
-        return
-    stale = any(s["state_stale"] for s in report["sinks"].values())
-    table = Table(title="sinks" + (" (daemon not running: states as it left them)" if stale else ""))
-    for column in ("sink", "type", "delivered", "lag", "state", "attempts", "last error", "dead letters"):
-        table.add_column(column, justify="right" if column in ("delivered", "lag", "attempts") else "left")
-    for name, s in report["sinks"].items():
-        error = None if s["last_error"] is None else f"{s['last_error']} ({_show(s['last_error_at'])})"
-        state = _show(s["state"]) if s["configured"] else "not configured"
-        table.add_row(
-            Text(name),
-            _show(s["type"]),
-            _show(s["delivered_seq"]),
-            _show(s["lag"]),
-            state,
-            str(s["attempts"]),
-            # A receiver's error text is not ours: never read it as markup.
-            Text(_show(error)),
-            str(s["dead_letters"]),
-        )
-    console.print(table)

@@ -32,7 +32,7 @@ from syncd.errors import CursorExpiredError, ListingLoopError, RecordError
 from syncd.poll import transactions
 from syncd.poll.cursor import FutureSightings, instant_ms, later, trust_limit, trusted_cursor
 from syncd.poll.listing_guards import PagingGuard, RelistGuard
-from syncd.poll.progress import ProgressReporter
+from syncd.poll.progress import LogProgress, ProgressReporter
 from syncd.poll.transactions import PageGroup, Rejected
 from syncd.store.writer import Writer
 
@@ -93,7 +93,9 @@ class Poller:
         self.writer = writer
         self.cfg = cfg
         self.metrics = metrics
-        self.progress = progress
+        # Long listings (a first sync, a relist) say how far they are: log lines unless the
+        # caller shows a bar (the CLI on a terminal). The daemon's first sync logs them too.
+        self.progress = progress if progress is not None else LogProgress()
         self.clock = clock
         #: Most pages one transaction takes when the writer falls behind the listing.
         self.max_group_pages = 4

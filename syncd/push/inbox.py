@@ -303,6 +303,7 @@ class Inbox:
             if self._metrics is not None:
                 self._metrics.group_commit_size.observe(len(batch))
                 self._metrics.inbox_depth.inc(accepted)
+                self._metrics.history.deliveries(self.last_delivery_at, len(batch))
             if accepted:
                 for listener in self._listeners:
                     listener()

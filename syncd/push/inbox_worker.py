@@ -212,13 +212,17 @@ class InboxWorker:
         # Counted per batch: a labelled child costs a lock and a lookup per increment.
         by_outcome: Counter[str] = Counter()
         records: Counter[tuple[str, str]] = Counter()
+        latencies: list[float] = []
         for s, outcome in zip(settled, outcomes, strict=True):
             if outcome is EventOutcome.RETRY:
                 continue
             by_outcome[outcome] += 1
             if s.change is not None:
                 records[(s.change.source, outcome)] += 1
-                m.event_to_mirror.observe(max(0.0, now - s.item.received_at))
+                latency = max(0.0, now - s.item.received_at)
+                m.event_to_mirror.observe(latency)
+                latencies.append(latency)
+        m.history.latencies(now, latencies)
         for label, n in by_outcome.items():
             m.events.labels(outcome=label).inc(n)
         for (source, label), n in records.items():

@@ -1,4 +1,5 @@
-"""The admin listener: /healthz, /readyz, /metrics. Loopback by default, never the public one.
+"""The admin listener: /healthz, /readyz, /metrics, and the status page (syncd.service.status_page).
+Loopback by default, never the public one.
 
 - /healthz: the process and its event loop answer (200).
 - /readyz: the store is open and takes commits, and the mirror is fresh: the last successful poll is within
@@ -20,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from syncd.errors import StoreClosedError
 from syncd.metrics import Metrics
@@ -78,9 +79,11 @@ def create_admin_app(
     refresh: Callable[[], Awaitable[None]] | None = None,
     clock: Callable[[], float] = time.time,
     slack: float = READY_SLACK,
+    routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """`readiness` gathers the inputs of /readyz; `refresh`, when given, updates gauges that
-    are sampled rather than counted (cursor lag, inbox depth) just before a scrape."""
+    are sampled rather than counted (cursor lag, inbox depth) just before a scrape; `routes`
+    are served beside them (the status page)."""
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
@@ -101,6 +104,7 @@ def create_admin_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            *routes,
         ]
     )
 

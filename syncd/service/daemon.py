@@ -2,9 +2,8 @@
 
 `startup` starts the parts (store writer, change feed (syncd.service.feed), API client, poll
 scheduler, in push mode receiver, inbox and inbox worker, always the admin listener) as one
-`Running` bundle; `shutdown` stops them in dependency order. The main loop keeps the mode
-control informed of the receiver (syncd.service.modes), watches the store file, refreshes
-the heartbeat `syncd status` reads and prunes. Reloads: syncd.service.reload.
+`Running` bundle; `shutdown` stops them in dependency order. The main loop informs mode control
+(syncd.service.modes), watches the store file, beats the heartbeat, prunes. Reloads: service.reload.
 
 Signals (loop.add_signal_handler, so handlers run on the loop, between callbacks):
 - SIGTERM/SIGINT: graceful stop; in-flight deliveries get their commit and their 2xx, polls
@@ -44,6 +43,7 @@ from syncd.service.listeners import DaemonServer, bind_listener, take_activated_
 from syncd.service.modes import ModeControl, poll_interval, starting_mode
 from syncd.service.reload import Reloader
 from syncd.service.running import Pushing, Running, StoreFile
+from syncd.service.status_page import status_routes, store_report
 from syncd.service.stopping import StopBudget, cancel
 from syncd.service.systemd import Notifier, watchdog_loop
 from syncd.store import schema as status_keys
@@ -234,7 +234,8 @@ class Daemon:
             cfg.sync.resources, writer, modes, self.metrics, inbox=inbox, store_lost=lambda: self.store_lost
         )
         probe.add_refresh(feed.refresh_metrics)
-        admin_app = create_admin_app(self.metrics, probe.readiness, refresh=probe.refresh_gauges)
+        page = status_routes(store_report(lambda: self.cfg), self.metrics.history)
+        admin_app = create_admin_app(self.metrics, probe.readiness, refresh=probe.refresh_gauges, routes=page)
         admin_sock = activated.get("admin") or bind_listener(cfg.admin.listen)
         admin = DaemonServer("admin", DaemonServer.plain_config(admin_app), admin_sock)
         stops.push_async_callback(lambda: admin.stop(budget.left()))

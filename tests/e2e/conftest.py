@@ -167,7 +167,9 @@ class SimProcess:
         return found[0]
 
     def control(self, **command: Any) -> dict[str, Any]:
-        response = self.http.post("/_sim/control", json=command)
+        # A command that waits (quiesce's `timeout`) may answer only after it: wait longer.
+        waits = float(command.get("timeout", 0))
+        response = self.http.post("/_sim/control", json=command, timeout=max(10.0, waits + 10.0))
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result

@@ -178,6 +178,19 @@ async def test_first_sync_lists_everything_page_by_page(
     assert metrics.records.labels(source="poll", outcome="applied")._value.get() == 1000
 
 
+async def test_a_first_sync_without_a_progress_bar_logs_plain_lines(
+    tmp_path: Path, writer: Writer, client_for: list[PetstoreClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The daemon's poller is given no reporter: its first sync still says how far it is.
+    caplog.set_level("INFO", logger="syncd.poll.progress")
+    with running_simulator(SimConfig(rate=0, max_lag=0, preload_orders=300)) as sim:
+        cfg = make_config(sim.base_url, tmp_path / "mirror.db", page_size=100)
+        await Poller(_client(sim, client_for), writer, cfg).poll("orders")
+    lines = [r.getMessage() for r in caplog.records if r.name == "syncd.poll.progress"]
+    assert lines[0] == "orders: first sync listing started"
+    assert lines[-1].startswith("orders: listing done, 300 records in ")
+
+
 async def test_applied_counts_what_webhooks_did_not_bring(
     tmp_path: Path, writer: Writer, client_for: list[PetstoreClient]
 ) -> None:

@@ -117,8 +117,12 @@ async def test_sighup_reloads_the_poll_interval_and_the_request_rate(tmp_path: P
 
         write_config(tmp_path, sim, mode="poll", interval="2s", api='rate_limit = "5/s"')
         os.kill(os.getpid(), signal.SIGHUP)
-        await until(lambda: parts.scheduler.interval == 2.0, "the reloaded poll interval")
-        assert daemon.cfg.poll.interval == 2.0
+        # The scheduler takes the interval before the reload has finished (the change feed is
+        # reconfigured after it), and the daemon's config is swapped only at the end.
+        await until(
+            lambda: parts.scheduler.interval == 2.0 and daemon.cfg.poll.interval == 2.0,
+            "the reloaded poll interval",
+        )
         assert parts.modes.interval == 2.0
         assert parts.client.budget.rate == 5.0
         next_poll = parts.scheduler.next_run("poll", "orders")

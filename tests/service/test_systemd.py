@@ -416,3 +416,98 @@ def test_unit_wires_what_the_daemon_expects() -> None:
         f"Environment={CONFIG_ENV}=/etc/syncd/config.toml",
     ):
         assert wanted in lines
+
+
+# --- the template unit: one instance per shop ------------------------------------
+
+TEMPLATE = REPO / "systemd" / "syncd@.service"
+INSTANCE = "shop-eu"
+
+#: Lines that differ between the two units by design; everything else is shared word for word.
+PER_INSTANCE = (
+    "Description=",
+    "ExecStart=",
+    "Environment=",
+    "LoadCredential=",
+    "StateDirectory=",
+    "WorkingDirectory=",
+)
+
+
+def _directives(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def _template_copy(tmp_path: Path) -> Path:
+    """The template with ExecStart= pointing at an executable that exists (see above), and
+    the name of the instance to check."""
+    text = TEMPLATE.read_text()
+    assert "ExecStart=/usr/local/bin/syncd run --config /etc/syncd/%i.toml\n" in text
+    (tmp_path / "syncd@.service").write_text(
+        text.replace("ExecStart=/usr/local/bin/syncd ", f"ExecStart={sys.executable} ")
+    )
+    return tmp_path / f"syncd@{INSTANCE}.service"
+
+
+@needs_analyze
+def test_template_instance_exposure_rating_at_most_2_5(tmp_path: Path) -> None:
+    instance = _template_copy(tmp_path)
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=25", str(instance)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(rf"Overall exposure level for syncd@{INSTANCE}\.service: (\d+\.\d)", out.stdout)
+    assert match is not None, out.stdout + out.stderr
+    assert float(match.group(1)) <= 2.5
+    assert out.returncode == 0, out.stderr
+
+
+@needs_analyze
+def test_template_instance_verifies_cleanly(tmp_path: Path) -> None:
+    instance = _template_copy(tmp_path)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(instance)], capture_output=True, text=True, check=False
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+
+
+@needs_analyze
+def test_template_verify_catches_a_misspelt_key(tmp_path: Path) -> None:
+    # The clean-verify checks above mean something only if verify reads the template.
+    instance = _template_copy(tmp_path)
+    template = tmp_path / "syncd@.service"
+    template.write_text(template.read_text().replace("UMask=0077\n", "UMask=0077\nUMaks=0077\n"))
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(instance)], capture_output=True, text=True, check=False
+    )
+    assert "Unknown key" in out.stderr
+    assert "UMaks" in out.stderr
+
+
+def test_template_keeps_each_instance_apart() -> None:
+    lines = set(_directives(TEMPLATE))
+    for wanted in (
+        "ExecStart=/usr/local/bin/syncd run --config /etc/syncd/%i.toml",
+        f"Environment={CONFIG_ENV}=/etc/syncd/%i.toml",
+        "StateDirectory=syncd/%i",
+        "WorkingDirectory=/var/lib/syncd/%i",
+        f"LoadCredential={API_KEY_CREDENTIAL}:/etc/syncd/credentials/%i/{API_KEY_CREDENTIAL}",
+        f"LoadCredential={WEBHOOK_SECRET_CREDENTIAL}:/etc/syncd/credentials/%i/{WEBHOOK_SECRET_CREDENTIAL}",
+    ):
+        assert wanted in lines
+
+
+def test_template_has_the_same_hardening_as_the_single_unit() -> None:
+    def shared(path: Path) -> list[str]:
+        return [line for line in _directives(path) if not line.startswith(PER_INSTANCE)]
+
+    assert shared(TEMPLATE) == shared(UNIT)
+    # and the per-instance lines are the single unit's, with the instance in their paths
+    single = [line for line in _directives(UNIT) if line.startswith(PER_INSTANCE)]
+    template = [line for line in _directives(TEMPLATE) if line.startswith(PER_INSTANCE)]
+    assert len(single) == len(template)
+    for one, many in zip(single, template, strict=True):
+        assert one.split("=", 1)[0] == many.split("=", 1)[0]
+        assert "%i" in many
