@@ -162,6 +162,9 @@ async def test_poison_webhook_costs_only_itself(tmp_path: Path, kind: str) -> No
                     rx.url, content=body, headers=signed_headers(body, event_id=event_id)
                 )
                 assert response.status_code == 200, response.text
+                # As the daemon's receiver does after each commit (else the worker looks
+                # again only after its idle timeout).
+                worker.wake()
 
             await deliver("evt_before", order(1))
             await _wait(lambda: worker.processed == 1)
