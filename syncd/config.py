@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from syncd.config_feed import SINK_TYPES, ChangesConfig, Sinks, redacted_sink_secrets, resolve_sink_secrets
+from syncd.config_nats import NatsConfig, resolve_nats_token
 from syncd.config_values import (
     MAX_DURATION,
     Duration,
@@ -144,6 +145,11 @@ class WebhookConfig(_Section):
     max_header_bytes: Size = Field(default=32 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_headers: int = Field(default=100, ge=8, le=10_000)
     max_connections: int = Field(default=1024, ge=16, le=65_536)
+    #: "nats": deliveries come from `syncd receive` through JetStream, not from a listener here.
+    inbox: Literal["sqlite", "nats"] = "sqlite"
+    #: `syncd receive`: longest wait for JetStream's PubAck before answering 503 (the
+    #: provider gives up on a delivery after 5 s).
+    ack_timeout: Annotated[Duration, between(0.1, 4.5)] = 2.0
 
     @field_validator("header_timeout", "idle_timeout")
     @classmethod
@@ -194,6 +200,7 @@ class Secrets:
     webhook_secrets: tuple[str, ...]
     #: http sink name -> its signing secret.
     sink_secrets: Mapping[str, str] = field(default_factory=dict)
+    nats_token: str | None = None
 
 
 class Config(_Section):
@@ -207,6 +214,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     changes: ChangesConfig = ChangesConfig()
     sinks: Sinks = ()
+    nats: NatsConfig = NatsConfig()
     source: str = Field(default="<defaults>", exclude=True)
     secrets: Secrets = Field(default=Secrets(None, ()), exclude=True)
 
@@ -217,6 +225,7 @@ class Config(_Section):
             "api_key": "<set>" if self.secrets.api_key else "<missing>",
             "webhook_secrets": f"<{len(self.secrets.webhook_secrets)} set>",
             "sink_secrets": redacted_sink_secrets(self.sinks, self.secrets.sink_secrets),
+            "nats_token": "<set>" if self.secrets.nats_token else "<none>",
         }
         return data
 
@@ -358,8 +367,15 @@ def load_config(
             raise ConfigError(source, key, f"unusable for scheme {cfg.webhook.scheme!r}: {exc}") from None
     if (cfg.webhook.tls_cert is None) != (cfg.webhook.tls_key is None):
         raise ConfigError(source, "webhook.tls_cert", "set both tls_cert and tls_key, or neither")
+    if cfg.webhook.inbox == "nats" and cfg.sync.mode != "push":
+        raise ConfigError(
+            source, "webhook.inbox", '"nats" takes deliveries for push mode: set sync.mode = "push"'
+        )
     sink_secrets = resolve_sink_secrets(source, cfg.sinks, env, _read_secret_file, require=require_secrets)
-    return cfg.model_copy(update={"source": source, "secrets": Secrets(api_key, secrets, sink_secrets)})
+    token = resolve_nats_token(source, cfg.nats, env, _read_secret_file, require=require_secrets)
+    return cfg.model_copy(
+        update={"source": source, "secrets": Secrets(api_key, secrets, sink_secrets, token)}
+    )
 
 
 def check_warnings(cfg: Config) -> list[str]:
