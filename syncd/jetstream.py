@@ -120,6 +120,10 @@ class JetStreamLink:
         return self._js
 
     @property
+    def client(self) -> Client | None:
+        return self._nc
+
+    @property
     def connected(self) -> bool:
         """Connected now, and the streams were made sure of."""
         return self._js is not None and self._nc is not None and self._nc.is_connected

@@ -131,6 +131,8 @@ def make_cluster(binary: str, base: Path, size: int) -> NatsCluster:
             f'server_name: "{name}"',
             f"listen: 127.0.0.1:{port}",
             f"http: 127.0.0.1:{monitor}",
+            # Room for a 1MiB body (webhook.max_body's default) plus the delivery's headers.
+            "max_payload: 2MB",
             f'jetstream {{ store_dir: "{store}" }}',
         ]
         if size > 1:
