@@ -92,6 +92,7 @@ class InboxConsumer:
     async def run(self) -> None:
         failures = 0
         while not self._stopping:
+            sub: nats.js.JetStreamContext.PullSubscription | None = None
             try:
                 js = await self._link.wait_ready()
                 sub = await js.pull_subscribe(
@@ -105,19 +106,32 @@ class InboxConsumer:
                 failures = 0
                 while not self._stopping:
                     await self._step(sub)
-            except (nats.errors.Error, nats.js.errors.Error, OSError, InboxCommitError) as exc:
+            except Exception as exc:
+                if sub is not None:
+                    # Its pending pulls would otherwise hold messages nobody reads until ack_wait.
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                # Whatever broke (the connection, the consumer's leader moving, a commit),
+                # the consumer subscribes again: a task that died here would stop every
+                # delivery without a word.
                 self._subscribed = False
                 failures += 1
                 self.problem = f"{type(exc).__name__}: {exc}"
+                expected = isinstance(
+                    exc, nats.errors.Error | nats.js.errors.Error | OSError | InboxCommitError
+                )
                 if failures <= 3 or failures % 20 == 0:
-                    log.warning("inbox consumer %s: %s; retrying", self.name, self.problem)
+                    log.warning(
+                        "inbox consumer %s: %s; retrying", self.name, self.problem, exc_info=not expected
+                    )
                 await self._sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
         self._subscribed = False
 
     async def _step(self, sub: nats.js.JetStreamContext.PullSubscription) -> None:
         try:
             msgs = await sub.fetch(self._cfg.batch_size, timeout=self._fetch_wait)
-        except nats.errors.TimeoutError:
+        except TimeoutError:
+            # Nothing to take (nats-py raises its own TimeoutError or asyncio's, by path).
             return
         deliveries: list[Delivery] = []
         taken: list[Msg] = []

@@ -38,7 +38,8 @@ from syncd.push.log_audit import LogAudit
 from syncd.push.receiver_app import create_receiver_app
 from syncd.push.receiver_app import uvicorn_config as receiver_uvicorn_config
 from syncd.service.listeners import DaemonServer, bind_listener, take_activated_sockets
-from syncd.service.stopping import StopBudget
+from syncd.service.stopping import StopBudget, cancel
+from syncd.service.systemd import Notifier, watchdog_loop
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class ReceiveServer:
         self.cfg = cfg
         self._load = load
         self.metrics = metrics or Metrics()
+        self.notifier = Notifier()
         self.link = JetStreamLink(
             cfg.nats,
             cfg.secrets.nats_token,
@@ -118,6 +120,7 @@ class ReceiveServer:
                 await self._watch()
             finally:
                 await self.shutdown()
+                self.notifier.close()
         return EXIT_OK
 
     def request_stop(self) -> None:
@@ -145,6 +148,10 @@ class ReceiveServer:
         # Stopped first: requests in flight still get their PubAck and answer.
         stops.push_async_callback(lambda: webhook.stop(budget.left()))
         await webhook.start()
+        interval = self.notifier.watchdog_interval()
+        if interval is not None and self.notifier.enabled:
+            watchdog = asyncio.create_task(watchdog_loop(self.notifier, interval), name="syncd-watchdog")
+            stops.push_async_callback(cancel, watchdog)
         listeners = {"webhook": webhook.url + cfg.webhook.path, "admin": admin.url}
         log.info(
             "syncd receive ready: %s; publishing to stream %s on %s",
@@ -153,6 +160,8 @@ class ReceiveServer:
             ", ".join(cfg.nats.servers),
             extra={"listeners": listeners, "pid": os.getpid()},
         )
+        # Ready means serving: deliveries get 503 until JetStream is reachable (/readyz).
+        self.notifier.ready("serving; JetStream: " + (self.link.status() or "reachable"))
 
     async def _watch(self) -> None:
         """Until stopped: report JetStream coming and going, and check its payload limit."""
@@ -189,15 +198,19 @@ class ReceiveServer:
     async def reload(self) -> None:
         if self._load is None:
             return
+        self.notifier.reloading()
         try:
             new = self._load()
             self._receiver.update_settings(new.webhook, new.secrets.webhook_secrets)
         except (ConfigError, ValueError) as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             return
+        finally:
+            self.notifier.ready("serving")
         log.info("config reloaded: webhook secrets, limits and allowlists")
 
     async def shutdown(self) -> None:
+        self.notifier.stopping()
         self._budget.start(SHUTDOWN_BUDGET)
         await self._stops.aclose()
         log.info("syncd receive stopped")
