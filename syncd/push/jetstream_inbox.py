@@ -14,6 +14,7 @@ deduplicated by `sha256:<hex>` of it instead; the mirror dedupes on the id itsel
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -23,6 +24,7 @@ from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
+from nats.js.api import PubAck
 
 from syncd.core.records import resource_for_event
 from syncd.jetstream import INBOX_SUBJECT_PREFIX, MSG_ID, JetStreamLink
@@ -105,15 +107,21 @@ class JetStreamInbox:
         problem = self._link.status()
         if js is None or problem is not None:
             raise InboxUnavailableError(delivery.event_id, problem or "not connected to NATS", retry_after=5)
+        # publish_async and one deadline rather than js.publish: that is a request, which
+        # nats-py waits for with asyncio.wait_for (a task and a timer per delivery).
+        future: asyncio.Future[PubAck] | None = None
         try:
-            ack = await js.publish(
-                subject_for(delivery.event_type),
-                delivery.body,
-                timeout=self.ack_timeout,
-                stream=self._stream,
-                headers=delivery_headers(delivery),
-            )
-        except nats.errors.TimeoutError:
+            async with asyncio.timeout(self.ack_timeout):
+                future = await js.publish_async(
+                    subject_for(delivery.event_type),
+                    delivery.body,
+                    stream=self._stream,
+                    headers=delivery_headers(delivery),
+                )
+                ack = await future
+        except TimeoutError:
+            if future is not None:
+                future.cancel()
             raise InboxUnavailableError(
                 delivery.event_id, f"no PubAck from JetStream within {self.ack_timeout:g}s"
             ) from None

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
+from typing import IO
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -76,8 +77,14 @@ class ReceiveServer:
     """Runs `syncd receive` until stopped; `serve()` returns the exit code."""
 
     def __init__(
-        self, cfg: Config, *, load: Callable[[], Config] | None = None, metrics: Metrics | None = None
+        self,
+        cfg: Config,
+        *,
+        load: Callable[[], Config] | None = None,
+        metrics: Metrics | None = None,
+        audit_stream: IO[bytes] | None = None,
     ) -> None:
+        """`audit_stream`: where the audit's JSON lines go (stderr by default)."""
         if not cfg.secrets.webhook_secrets:
             raise ConfigError(
                 cfg.source, "webhook.secret_env", "syncd receive needs a webhook secret to verify deliveries"
@@ -86,6 +93,7 @@ class ReceiveServer:
         self._load = load
         self.metrics = metrics or Metrics()
         self.notifier = Notifier()
+        self.audit = LogAudit(audit_stream, metrics=self.metrics)
         self.link = JetStreamLink(
             cfg.nats,
             cfg.secrets.nats_token,
@@ -140,7 +148,7 @@ class ReceiveServer:
         stops.push_async_callback(lambda: admin.stop(budget.left()))
         await admin.start()
         app = create_receiver_app(
-            cfg.webhook, cfg.secrets.webhook_secrets, self.inbox, LogAudit(), metrics=self.metrics
+            cfg.webhook, cfg.secrets.webhook_secrets, self.inbox, self.audit, metrics=self.metrics
         )
         self._receiver = app.receiver
         sock = activated.get("webhook") or bind_listener(cfg.webhook.listen)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import ipaddress
 import json
-import logging
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -63,8 +63,10 @@ def receive_config(tmp_path: Path, servers: list[str], **webhook: Any) -> Config
 
 
 @contextlib.asynccontextmanager
-async def running(cfg: Config, *, wait_nats: bool = True) -> AsyncIterator[ReceiveServer]:
-    srv = ReceiveServer(cfg)
+async def running(
+    cfg: Config, *, wait_nats: bool = True, audit: io.BytesIO | None = None
+) -> AsyncIterator[ReceiveServer]:
+    srv = ReceiveServer(cfg, audit_stream=audit or io.BytesIO())
     task = asyncio.create_task(srv.serve())
     for _ in range(600):
         if srv.webhook is not None and srv.webhook.serving:
@@ -152,11 +154,11 @@ BAD = [
 
 
 async def test_bad_inputs_get_their_answer_and_leave_the_stream_alone(
-    server: NatsCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server: NatsCluster, tmp_path: Path
 ) -> None:
     cfg = receive_config(tmp_path, server.urls, max_body="2KiB")
-    caplog.set_level(logging.INFO, logger="syncd.audit")
-    async with running(cfg) as srv:
+    trail = io.BytesIO()
+    async with running(cfg, audit=trail) as srv:
         good = envelope("evt_good")
         assert (await post(srv, good, signed_headers(good))).status_code == 200
         answers = {}
@@ -166,7 +168,9 @@ async def test_bad_inputs_get_their_answer_and_leave_the_stream_alone(
         messages = await stream_messages(server.urls[0], cfg.nats.inbox_stream)
     assert answers == {what: status for what, _, _, status in BAD}
     assert [m.headers["Nats-Msg-Id"] for m in messages] == ["evt_good"]
-    audit = [json.loads(r.getMessage())["audit"] for r in caplog.records if r.name == "syncd.audit"]
+    lines = [json.loads(line) for line in trail.getvalue().splitlines()]
+    assert {line["logger"] for line in lines} == {"syncd.audit"}
+    audit = [line["audit"] for line in lines]
     assert (audit[0]["status"], audit[0]["event_id"]) == (200, "evt_good")
     assert sorted(a["status"] for a in audit[1:]) == sorted(s for *_, s in BAD)
     assert all(a["path"] == PATH and a["at"].endswith("Z") for a in audit)
