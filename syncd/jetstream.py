@@ -45,6 +45,8 @@ class StreamSpec:
     name: str
     subjects: tuple[str, ...]
     max_age: float
+    #: Created allowing atomic batch publishes (the nats sink's fast path).
+    atomic: bool = False
 
 
 def inbox_stream(cfg: NatsConfig, max_age: float) -> StreamSpec:
@@ -52,7 +54,7 @@ def inbox_stream(cfg: NatsConfig, max_age: float) -> StreamSpec:
 
 
 def changes_stream(cfg: NatsConfig, max_age: float) -> StreamSpec:
-    return StreamSpec(cfg.changes_stream, (f"{CHANGES_SUBJECT_PREFIX}.>",), max_age)
+    return StreamSpec(cfg.changes_stream, (f"{CHANGES_SUBJECT_PREFIX}.>",), max_age, atomic=True)
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec, cfg: NatsConfig) -> bool:
@@ -71,6 +73,7 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, cfg: NatsConfig)
         duplicate_window=cfg.duplicate_window,
         max_age=spec.max_age,
         discard=DiscardPolicy.OLD,
+        allow_atomic=spec.atomic or None,
     )
     try:
         await js.add_stream(config)

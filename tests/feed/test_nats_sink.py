@@ -83,13 +83,15 @@ async def test_publishes_each_change_on_its_subject_with_its_msg_id(
     sink: NatsSink, cfg: NatsConfig, db: tuple[sqlite3.Connection, ConnectionChangeLog]
 ) -> None:
     conn, log = db
-    append_orders(conn, range(1, 301))
-    batch = await log.read_after(0, 300)
+    # Past the 1000 changes of one atomic batch: three batches, committed in order.
+    append_orders(conn, range(1, 2501))
+    batch = await log.read_after(0, 2500)
     await sink.deliver(batch)
+    assert sink.atomic
     stored = await _stored(cfg)
-    assert [s[0] for s in stored] == ["syncd.changes.orders.order.created"] * 300
-    assert [s[1] for s in stored] == [f"{MIRROR}-{seq}" for seq in range(1, 301)]
-    assert [s[2]["seq"] for s in stored] == list(range(1, 301))
+    assert [s[0] for s in stored] == ["syncd.changes.orders.order.created"] * 2500
+    assert [s[1] for s in stored] == [f"{MIRROR}-{seq}" for seq in range(1, 2501)]
+    assert [s[2]["seq"] for s in stored] == list(range(1, 2501))
     assert stored[0][2] == batch[0].to_dict()
 
 
@@ -100,10 +102,13 @@ async def test_a_redelivered_batch_is_stored_once(
     append_orders(conn, range(1, 11))
     batch = await log.read_after(0, 10)
     await sink.deliver(batch[:6])
-    # At least once: a crash before the offset was written delivers the batch again.
+    # At least once: a crash before the offset was written delivers the batch again. An
+    # atomic batch holding a Msg-Id the stream has is refused whole; it goes one by one.
     await sink.deliver(batch)
     await sink.deliver(batch[3:])
     assert [s[2]["seq"] for s in await _stored(cfg)] == list(range(1, 11))
+    # Still atomic for the next batch that holds nothing already stored.
+    assert sink.atomic
 
 
 async def test_creates_a_missing_stream_with_the_configured_settings(sink: NatsSink, cfg: NatsConfig) -> None:
@@ -117,9 +122,12 @@ async def test_creates_a_missing_stream_with_the_configured_settings(sink: NatsS
     assert info.config.num_replicas == 1
     assert info.config.duplicate_window == pytest.approx(120.0)
     assert info.config.max_age == pytest.approx(1234.0)
+    assert info.config.allow_atomic is True
 
 
-async def test_an_existing_stream_is_used_as_it_is(cfg: NatsConfig, server: NatsCluster) -> None:
+async def test_an_existing_stream_is_used_as_it_is(
+    cfg: NatsConfig, server: NatsCluster, db: tuple[sqlite3.Connection, ConnectionChangeLog]
+) -> None:
     nc = await nats.connect(server.urls[0])
     js = nc.jetstream()
     await js.add_stream(
@@ -131,12 +139,18 @@ async def test_an_existing_stream_is_used_as_it_is(cfg: NatsConfig, server: Nats
             duplicate_window=30.0,
         )
     )
-    link = JetStreamLink(cfg, None, [changes_stream(cfg, 99.0)], name="t")
-    await link.start()
-    await link.wait_ready(10)
+    sink = await _sink(cfg)
+    conn, log = db
+    append_orders(conn, range(1, 21))
+    # It does not allow atomic batches: the sink publishes one by one, from then on.
+    await sink.deliver(await log.read_after(0, 10))
+    assert not sink.atomic
+    await sink.deliver(await log.read_after(10, 10))
+    await sink.aclose()
     info = await js.stream_info(cfg.changes_stream)
-    await link.close()
     await nc.close()
+    assert info.state.messages == 20
+    assert not info.config.allow_atomic
     assert info.config.storage == StorageType.MEMORY
     assert info.config.max_msgs == 50_000
     assert info.config.duplicate_window == pytest.approx(30.0)
