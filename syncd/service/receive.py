@@ -89,6 +89,8 @@ class ReceiveServer:
             raise ConfigError(
                 cfg.source, "webhook.secret_env", "syncd receive needs a webhook secret to verify deliveries"
             )
+        if cfg.nats.token_env is not None and not cfg.secrets.nats_token:
+            raise ConfigError(cfg.source, "nats.token_env", f"${cfg.nats.token_env} is not set (or empty)")
         self.cfg = cfg
         self._load = load
         self.metrics = metrics or Metrics()
