@@ -90,7 +90,8 @@ def child_syncd(url: str, workdir: Path) -> dict[str, Any]:
     import asyncio
 
     from syncd.api import PetstoreClient
-    from syncd.config import Config, Secrets
+    from syncd.config import Config
+    from syncd.config_secrets import Secrets
     from syncd.poll.poller import Poller
     from syncd.store.db import Store
     from syncd.store.writer import Writer

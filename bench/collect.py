@@ -34,12 +34,14 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bench_soak.py", [], ["--quick"]),
     ("bench_feed.py", [], ["--quick"]),
     ("bench_feed_latency.py", [], ["--quick"]),
+    ("bench_nats.py", [], ["--quick"]),
 ]
 
 #: `bench/run NAME`: only these scripts run, and RESULTS.md keeps every other benchmark's
 #: figures from the last full run.
 GROUPS: dict[str, list[str]] = {
     "feed": ["bench_feed.py", "bench_feed_latency.py"],
+    "nats": ["bench_nats.py"],
 }
 
 

@@ -2,8 +2,9 @@
 
 Validation is pydantic's; the value syntaxes the file uses (durations like "30s", sizes like
 "1MiB", rates like "200/s", listen addresses, CIDRs) are syncd.config_values'; the change
-feed's `[changes]` and `[[sinks]]` are syncd.config_feed's; this module adds the other
-sections, secret resolution and the warnings. Every error names the file, the key and what
+feed's `[changes]` and `[[sinks]]` are syncd.config_feed's, `[nats]` syncd.config_nats's;
+reading a secret is syncd.config_secrets'; this module adds the other sections, which secret
+each needs, and the warnings. Every error names the file, the key and what
 is allowed.
 """
 
@@ -13,14 +14,14 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from syncd.config_feed import SINK_TYPES, ChangesConfig, Sinks, redacted_sink_secrets, resolve_sink_secrets
+from syncd.config_nats import NatsConfig, resolve_nats_token
+from syncd.config_secrets import Secrets, read_secret_file, resolve_secret
 from syncd.config_values import (
     MAX_DURATION,
     Duration,
@@ -145,6 +146,11 @@ class WebhookConfig(_Section):
     max_header_bytes: Size = Field(default=32 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_headers: int = Field(default=100, ge=8, le=10_000)
     max_connections: int = Field(default=1024, ge=16, le=65_536)
+    #: "nats": deliveries come from `syncd receive` through JetStream, not from a listener here.
+    inbox: Literal["sqlite", "nats"] = "sqlite"
+    #: `syncd receive`: longest wait for JetStream's PubAck before answering 503 (the
+    #: provider gives up on a delivery after 5 s).
+    ack_timeout: Annotated[Duration, between(0.1, 4.5)] = 2.0
 
     @field_validator("header_timeout", "body_timeout", "idle_timeout")
     @classmethod
@@ -186,17 +192,6 @@ class LogConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
-# repr=False: a config object in a log line or a traceback must not print the values.
-@dataclass(frozen=True, repr=False)
-class Secrets:
-    """Resolved secret values; never printed."""
-
-    api_key: str | None
-    webhook_secrets: tuple[str, ...]
-    #: http sink name -> its signing secret.
-    sink_secrets: Mapping[str, str] = field(default_factory=dict)
-
-
 class Config(_Section):
     api: ApiConfig = ApiConfig()
     store: StoreConfig = StoreConfig()
@@ -208,6 +203,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     changes: ChangesConfig = ChangesConfig()
     sinks: Sinks = ()
+    nats: NatsConfig = NatsConfig()
     source: str = Field(default="<defaults>", exclude=True)
     secrets: Secrets = Field(default=Secrets(None, ()), exclude=True)
 
@@ -218,6 +214,7 @@ class Config(_Section):
             "api_key": "<set>" if self.secrets.api_key else "<missing>",
             "webhook_secrets": f"<{len(self.secrets.webhook_secrets)} set>",
             "sink_secrets": redacted_sink_secrets(self.sinks, self.secrets.sink_secrets),
+            "nats_token": "<set>" if self.secrets.nats_token else "<none>",
         }
         return data
 
@@ -250,36 +247,6 @@ def _describe_error(err: ErrorDetails) -> tuple[str, str]:
         # Sequences are tuples inside (immutable config); the file writes them as lists.
         msg = 'must be a list, like ["a", "b"]'
     return key, msg
-
-
-def _read_secret_file(source: str, key: str, path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(source, key, f"cannot read secret file {path!r}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            source, key, f"secret file {path!r} is not UTF-8 text (byte {exc.start}: {exc.reason})"
-        ) from None
-
-
-def _resolve_secret(
-    source: str,
-    section: str,
-    env_key: str,
-    env_name: str,
-    file_name: str | None,
-    credential: str,
-    env: Mapping[str, str],
-) -> str | None:
-    if file_name:
-        return _read_secret_file(source, f"{section}.{env_key.replace('_env', '_file')}", file_name)
-    if env.get(env_name):
-        return env[env_name]
-    cred_dir = env.get("CREDENTIALS_DIRECTORY")
-    if cred_dir and (Path(cred_dir) / credential).is_file():
-        return _read_secret_file(source, f"{section}.{env_key}", str(Path(cred_dir) / credential))
-    return None
 
 
 def load_config(
@@ -316,7 +283,7 @@ def load_config(
         extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         raise ConfigError(source, key or None, msg + extra) from None
 
-    api_key = _resolve_secret(
+    api_key = resolve_secret(
         source,
         "api",
         "api_key_env",
@@ -325,7 +292,7 @@ def load_config(
         API_KEY_CREDENTIAL,
         env,
     )
-    webhook_raw = _resolve_secret(
+    webhook_raw = resolve_secret(
         source,
         "webhook",
         "secret_env",
@@ -359,8 +326,15 @@ def load_config(
             raise ConfigError(source, key, f"unusable for scheme {cfg.webhook.scheme!r}: {exc}") from None
     if (cfg.webhook.tls_cert is None) != (cfg.webhook.tls_key is None):
         raise ConfigError(source, "webhook.tls_cert", "set both tls_cert and tls_key, or neither")
-    sink_secrets = resolve_sink_secrets(source, cfg.sinks, env, _read_secret_file, require=require_secrets)
-    return cfg.model_copy(update={"source": source, "secrets": Secrets(api_key, secrets, sink_secrets)})
+    if cfg.webhook.inbox == "nats" and cfg.sync.mode != "push":
+        raise ConfigError(
+            source, "webhook.inbox", '"nats" takes deliveries for push mode: set sync.mode = "push"'
+        )
+    sink_secrets = resolve_sink_secrets(source, cfg.sinks, env, read_secret_file, require=require_secrets)
+    token = resolve_nats_token(source, cfg.nats, env, read_secret_file, require=require_secrets)
+    return cfg.model_copy(
+        update={"source": source, "secrets": Secrets(api_key, secrets, sink_secrets, token)}
+    )
 
 
 def check_warnings(cfg: Config) -> list[str]:

@@ -29,7 +29,7 @@ from syncd.errors import ConfigError
 from syncd.signatures import sign
 
 #: The `type` of each sink table, in the order the docs list them.
-SINK_TYPES: Final = ("http", "exec")
+SINK_TYPES: Final = ("http", "exec", "nats")
 #: A sink's name is a metrics label, an offset key, a file name (its credential) and an
 #: environment value: a small alphabet keeps it safe in all of them.
 _NAME_RE: Final = re.compile(r"[a-z0-9_-]{1,64}")
@@ -85,7 +85,7 @@ def _sink_url(value: object) -> object:
 class _SinkConfig(_Section):
     name: str
     # Declared here so that it reads second wherever a sink is printed; each type narrows it.
-    type: Literal["http", "exec"]
+    type: Literal["http", "exec", "nats"]
     events: Annotated[
         tuple[str, ...],
         BeforeValidator(_as_tuple("event pattern", "event patterns", '["order.*", "customer.deleted"]')),
@@ -181,7 +181,16 @@ class ExecSinkConfig(_SinkConfig):
         return value
 
 
-SinkConfig = Annotated[HttpSinkConfig | ExecSinkConfig, Field(discriminator="type")]
+class NatsSinkConfig(_SinkConfig):
+    """Publishes each change to `[nats] changes_stream`; a batch's publishes are all in
+    flight at once and the offset moves only past their PubAcks. Batches are larger than the
+    other sinks' by default: a publish costs little, a round trip to the cluster much more."""
+
+    type: Literal["nats"] = "nats"
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
+
+
+SinkConfig = Annotated[HttpSinkConfig | ExecSinkConfig | NatsSinkConfig, Field(discriminator="type")]
 
 
 def _sink_list(value: object) -> object:

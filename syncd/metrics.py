@@ -172,6 +172,17 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.jetstream_connected = Gauge(
+            "syncd_jetstream_connected",
+            "1 while connected to NATS with the JetStream streams in place (syncd receive, and"
+            " syncd run with webhook.inbox = nats)",
+            registry=r,
+        )
+        self.jetstream_consumed = Counter(
+            "syncd_jetstream_consumed",
+            "Deliveries taken from the inbox stream by this mirror's consumer, committed and acked",
+            registry=r,
+        )
 
     def forget_sink(self, sink: str) -> None:
         """Drop a removed sink's series, so /metrics does not report it forever."""

@@ -9,12 +9,16 @@ from typing import Final
 
 from pydantic import BaseModel
 
-from syncd.config_feed import ExecSinkConfig, HttpSinkConfig
+from syncd.config_feed import ExecSinkConfig, HttpSinkConfig, NatsSinkConfig
 
 SINK_SECRET_ENV: Final = "SYNCD_TEST_SINK_SECRET"
 SINK_SECRET: Final = "whsec_" + base64.b64encode(b"config-test-sink-secret-32bytes!").decode()
 
-SINK_MODELS: Final[dict[str, type[BaseModel]]] = {"http": HttpSinkConfig, "exec": ExecSinkConfig}
+SINK_MODELS: Final[dict[str, type[BaseModel]]] = {
+    "http": HttpSinkConfig,
+    "exec": ExecSinkConfig,
+    "nats": NatsSinkConfig,
+}
 
 #: The smallest valid table of each type.
 SINK_BASE: Final[dict[str, dict[str, object]]] = {
@@ -25,6 +29,7 @@ SINK_BASE: Final[dict[str, dict[str, object]]] = {
         "secret_env": SINK_SECRET_ENV,
     },
     "exec": {"name": "script", "type": "exec", "command": ["/bin/true"]},
+    "nats": {"name": "bus", "type": "nats"},
 }
 
 

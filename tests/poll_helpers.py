@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 
-from syncd.config import Config, Secrets
+from syncd.config import Config
+from syncd.config_secrets import Secrets
 from syncd.sim.server import SimHandle
 from syncd.store.db import Store
 

@@ -10,7 +10,8 @@ import pytest
 
 from syncd.api import PetstoreClient
 from syncd.budget import RequestBudget, RequestKind
-from syncd.config import Config, Secrets
+from syncd.config import Config
+from syncd.config_secrets import Secrets
 from syncd.metrics import Metrics
 from syncd.service.reload import retune_client
 from tests.fake_clocks import ManualClock

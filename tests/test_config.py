@@ -288,7 +288,12 @@ def test_secrets_are_not_in_the_redacted_config(tmp_path: Path) -> None:
     assert "sk_live_very_secret" not in text
     assert "sk_live_very_secret" not in repr(cfg)
     assert "a1" not in text
-    assert cfg.redacted()["secrets"] == {"api_key": "<set>", "webhook_secrets": "<2 set>", "sink_secrets": {}}
+    assert cfg.redacted()["secrets"] == {
+        "api_key": "<set>",
+        "webhook_secrets": "<2 set>",
+        "sink_secrets": {},
+        "nats_token": "<none>",
+    }
 
 
 # -- resolution and warnings -----------------------------------------------------------------
@@ -378,7 +383,7 @@ def test_example_sinks_load_once_uncommented(tmp_path: Path) -> None:
     base, sinks = example_parts()
     path = write(tmp_path, base + sinks)
     cfg = load_config(path, env={**SECRETS_ENV, "SYNCD_SINK_SECRET": SINK_SECRET})
-    assert [sink.name for sink in cfg.sinks] == ["app", "script"]
+    assert [sink.name for sink in cfg.sinks] == ["app", "script", "bus"]
     assert cfg.secrets.sink_secrets == {"app": SINK_SECRET}
 
 
@@ -394,6 +399,9 @@ def test_example_config_unset_keys_are_the_ones_without_default() -> None:
         "webhook.secret_file",
         "webhook.tls_cert",
         "webhook.tls_key",
+        "nats.credentials_file",
+        "nats.token_env",
+        "nats.consumer",
     }
 
 

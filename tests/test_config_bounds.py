@@ -52,6 +52,12 @@ BOUNDS: dict[str, tuple[list[Any], list[Any]]] = {
     "fallback.silence": (["0s", "999ms", "366d", "99999999999999d"], ["1s", "365d"]),
     "fallback.missed_ratio": ([math.nan, math.inf, -0.01, 1.01], [0.0, 1.0]),
     "fallback.recover_after": ([0, -1, 101], [1, 100]),
+    "webhook.ack_timeout": (["0s", "99ms", "5s", "4501ms"], ["100ms", "4.5s"]),
+    "nats.replicas": ([0, -1, 6], [1, 5]),
+    "nats.duplicate_window": (["0s", "999ms", "8d"], ["1s", "7d"]),
+    "nats.batch_size": ([0, -1, 10_001], [1, 10_000]),
+    "nats.ack_wait": (["0s", "999ms", "61m"], ["1s", "1h"]),
+    "nats.connect_timeout": (["0s", "99ms", "61s"], ["100ms", "1m"]),
     "changes.retention": (["0s", "999ms", "366d"], ["1s", "365d"]),
     "changes.prune_interval": (["0s", "999ms", "25h", "99999999999999d"], ["1s", "1d"]),
     **{

@@ -107,7 +107,7 @@ def test_sinks_are_immutable(tmp_path: Path) -> None:
         (EXEC.replace('"script"', '"my script"'), "sinks.0.name", "is not a sink name"),
         (EXEC.replace('"script"', f'"{"x" * 65}"'), "sinks.0.name", "1 to 64 of a-z, 0-9, '_' and '-'"),
         (EXEC.replace('"script"', "5"), "sinks.0.name", "valid string"),
-        ('[[sinks]]\nname = "a"\ntype = "nats"\n', "sinks.0.type", "'nats' is not one of http, exec"),
+        ('[[sinks]]\nname = "a"\ntype = "kafka"\n', "sinks.0.type", "'kafka' is not one of http, exec, nats"),
         (
             '[[sinks]]\nname = "a"\ncommand = ["true"]\n',
             "sinks.0.type",

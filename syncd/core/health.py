@@ -115,7 +115,9 @@ class WebhookHealth:
         """Whether the public listener serves; checked on every tick of the daemon."""
         self._receiver_serving = serving
         if not serving:
-            return self._verdict(False, "receiver down: the webhook listener is not serving")
+            return self._verdict(
+                False, "receiver down: the webhook listener (or the JetStream consumer) is not serving"
+            )
         return None
 
     def silence_probe_due(self) -> bool:

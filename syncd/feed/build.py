@@ -15,13 +15,18 @@ from typing import Final, TypedDict
 
 import aiohttp
 
-from syncd.config import Config, Secrets
-from syncd.config_feed import SINK_NAME_ENV, ExecSinkConfig, HttpSinkConfig, SinkConfig
+from syncd.config import Config
+from syncd.config_feed import SINK_NAME_ENV, ExecSinkConfig, HttpSinkConfig, NatsSinkConfig, SinkConfig
+from syncd.config_nats import NatsConfig
+from syncd.config_secrets import Secrets
 from syncd.core.events import ALL_EVENTS, EVENT_RULES, matches
 from syncd.errors import ConfigError
+from syncd.feed.base import Sink
 from syncd.feed.command import CommandSink
 from syncd.feed.http import HttpSink
+from syncd.feed.nats import NatsSink
 from syncd.feed.runner import OnFailure, Start
+from syncd.jetstream import JetStreamLink, changes_stream
 
 #: Variables of syncd's environment an exec sink's command gets, when syncd has them.
 PASSED_ENV: Final = ("PATH", "HOME", "LANG", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR")
@@ -60,11 +65,21 @@ def build_sink(
     *,
     client: aiohttp.ClientSession | None = None,
     environ: Mapping[str, str] | None = None,
-) -> HttpSink | CommandSink:
+    nats: NatsConfig | None = None,
+    retention: float = 7 * 86400.0,
+) -> Sink:
     """The sink `cfg` describes. `secrets` is `Config.secrets` (an http sink's signing
     secret is resolved by `load_config`); `client` is shared by http sinks when given,
     otherwise each http sink owns one (close it with `aclose()`); `environ` stands in for
-    syncd's environment when building an exec sink's (tests)."""
+    syncd's environment when building an exec sink's (tests). A nats sink connects to
+    `nats` (`Config.nats`) and creates the changes stream, if missing, with `retention` as
+    its max age."""
+    if isinstance(cfg, NatsSinkConfig):
+        nats_cfg = nats or NatsConfig()
+        link = JetStreamLink(
+            nats_cfg, secrets.nats_token, [changes_stream(nats_cfg, retention)], name=f"syncd-sink-{cfg.name}"
+        )
+        return NatsSink(cfg.name, link, nats_cfg.changes_stream, timeout=cfg.timeout)
     if isinstance(cfg, HttpSinkConfig):
         secret = secrets.sink_secrets.get(cfg.name)
         if not secret:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict, deque
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from syncd.metrics import Metrics
 from syncd.store.audit import add_audit
@@ -59,6 +59,17 @@ class AuditRow(NamedTuple):
     reason: str
     event_id: str | None
     body_size: int
+
+
+class AuditTrail(Protocol):
+    """What the receiver records each answer to: `AuditLog` (the store) or, in `syncd
+    receive`, which has no store, `syncd.push.log_audit.LogAudit` (JSON log lines)."""
+
+    def record(self, row: AuditRow) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 def _write(store: Store, rows: list[AuditRow]) -> None:

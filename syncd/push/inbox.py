@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -45,6 +45,17 @@ class InboxFullError(SyncdError, RuntimeError):
     def __init__(self, event_id: str, limit: int) -> None:
         self.event_id = event_id
         super().__init__(f"event {event_id}: inbox has {limit} deliveries waiting for a commit")
+
+
+class InboxUnavailableError(SyncdError, RuntimeError):
+    """The inbox cannot take a delivery now (JetStream unreachable or too slow to PubAck);
+    the sender should retry after `retry_after` seconds."""
+
+    def __init__(self, event_id: str, reason: str, *, retry_after: int = 1) -> None:
+        self.event_id = event_id
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(f"event {event_id}: {reason}")
 
 
 class InboxCommitError(StoreError):
@@ -69,6 +80,14 @@ class Delivery:
     event_type: str | None = None
     #: The body as the receiver parsed it; never stored, it spares the worker a second parse.
     parsed: Any = field(default=None, repr=False, compare=False)
+
+
+class DeliveryInbox(Protocol):
+    """Where the receiver hands a verified delivery: `submit` returns once it is durable
+    (committed to SQLite, or stored by JetStream), or raises InboxFullError,
+    InboxCommitError or InboxUnavailableError."""
+
+    async def submit(self, delivery: Delivery) -> SubmitResult: ...
 
 
 class ParsedBodies:
@@ -230,6 +249,49 @@ class Inbox:
             self._schedule_drain(loop)
         return await waiting.future
 
+    async def submit_many(self, deliveries: Sequence[Delivery]) -> list[SubmitResult]:
+        """Store `deliveries` in one transaction, bypassing the group-commit queue: the
+        JetStream consumer has its batch already and acks it after this returns. Raises
+        InboxCommitError when the store cannot commit (nothing of the batch is then stored)."""
+        if not deliveries:
+            return []
+        guard = self._guard
+
+        def commit(store: Store) -> list[SubmitResult]:
+            problem = guard() if guard is not None else None
+            if problem is not None:
+                raise StoreError(problem)
+            return commit_deliveries(store, deliveries)
+
+        try:
+            results = await self._writer.run(commit)
+        except Exception as exc:
+            self.last_failure_at = self._clock()
+            self.last_failure = str(exc)
+            raise InboxCommitError([d.event_id for d in deliveries], exc) from exc
+        self._committed(deliveries, results)
+        return results
+
+    def _committed(self, deliveries: Sequence[Delivery], results: Sequence[SubmitResult]) -> None:
+        """Bookkeeping of a commit that succeeded: health, the parse memo, metrics, the
+        worker's wake."""
+        self.committed += len(deliveries)
+        self.last_delivery_at = self._clock()
+        self.last_failure_at = self.last_failure = None
+        accepted = 0
+        for delivery, result in zip(deliveries, results, strict=True):
+            if result == "accepted":
+                accepted += 1
+                if delivery.parsed is not None:
+                    parsed_bodies.put(delivery.body, delivery.parsed)
+        if self._metrics is not None:
+            self._metrics.group_commit_size.observe(len(deliveries))
+            self._metrics.inbox_depth.inc(accepted)
+            self._metrics.history.deliveries(self.last_delivery_at, len(deliveries))
+        if accepted:
+            for listener in self._listeners:
+                listener()
+
     async def prune(self, *, dedupe_retention: float, audit_retention: float) -> tuple[int, int]:
         """Forget event ids and audit rows past their retention (pending events are kept)."""
         now = self._clock()
@@ -289,23 +351,9 @@ class Inbox:
                 if not w.future.done():
                     w.future.set_exception(failure)
         else:
-            self.committed += len(batch)
-            self.last_delivery_at = self._clock()
-            self.last_failure_at = self.last_failure = None
-            accepted = 0
+            self._committed([w.delivery for w in batch], results)
             for w, result in zip(batch, results, strict=True):
-                if result == "accepted":
-                    accepted += 1
-                    if w.delivery.parsed is not None:
-                        parsed_bodies.put(w.delivery.body, w.delivery.parsed)
                 if not w.future.done():
                     w.future.set_result(result)
-            if self._metrics is not None:
-                self._metrics.group_commit_size.observe(len(batch))
-                self._metrics.inbox_depth.inc(accepted)
-                self._metrics.history.deliveries(self.last_delivery_at, len(batch))
-            if accepted:
-                for listener in self._listeners:
-                    listener()
         if not self._unanswered:
             self._answered_all.set()

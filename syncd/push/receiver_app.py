@@ -17,16 +17,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from syncd.config import WebhookConfig
 from syncd.metrics import Metrics
-from syncd.push.audit import AuditLog
+from syncd.push.audit import AuditTrail
 from syncd.push.http_limits import HeadLimits, guarded_protocol
-from syncd.push.inbox import Inbox
+from syncd.push.inbox import DeliveryInbox
 from syncd.push.receiver import ReceiverSettings, WebhookReceiver
 
 
 class ReceiverApp:
     """`path` and nothing else: no redirect from "/path/", and every miss is audited."""
 
-    def __init__(self, path: str, receiver: WebhookReceiver, audit: AuditLog) -> None:
+    def __init__(self, path: str, receiver: WebhookReceiver, audit: AuditTrail) -> None:
         self.path = path
         self.receiver = receiver
         self.audit = audit
@@ -59,8 +59,8 @@ class ReceiverApp:
 def create_receiver_app(
     cfg: WebhookConfig,
     secrets: tuple[str, ...],
-    inbox: Inbox,
-    audit: AuditLog,
+    inbox: DeliveryInbox,
+    audit: AuditTrail,
     *,
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,

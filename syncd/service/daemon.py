@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -31,18 +30,15 @@ from syncd.logs import SecretRedactor
 from syncd.metrics import Metrics
 from syncd.poll.poller import Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
-from syncd.push.audit import AuditLog
 from syncd.push.inbox import Inbox
-from syncd.push.inbox_worker import InboxWorker
-from syncd.push.receiver_app import create_receiver_app
-from syncd.push.receiver_app import uvicorn_config as receiver_uvicorn_config
 from syncd.service.admin import AdminProbe, create_admin_app
 from syncd.service.feed import FeedOptions, FeedService, open_store
 from syncd.service.gc_tuning import serving_heap
 from syncd.service.listeners import DaemonServer, bind_listener, take_activated_sockets
 from syncd.service.modes import ModeControl, poll_interval, starting_mode
+from syncd.service.pushing import start_push
 from syncd.service.reload import Reloader
-from syncd.service.running import Pushing, Running, StoreFile
+from syncd.service.running import Running, StoreFile
 from syncd.service.status_page import status_routes, store_report
 from syncd.service.stopping import StopBudget, cancel
 from syncd.service.systemd import Notifier, watchdog_loop
@@ -224,7 +220,7 @@ class Daemon:
             watchdog = asyncio.create_task(watchdog_loop(self.notifier, interval), name="syncd-watchdog")
             stops.push_async_callback(cancel, watchdog)
 
-        activated = take_activated_sockets(push=self.push)
+        activated = take_activated_sockets(push=self.push and cfg.webhook.inbox == "sqlite")
         inbox = (
             Inbox(writer, metrics=self.metrics, guard=lambda: self._store_file_problem(store))
             if self.push
@@ -240,20 +236,24 @@ class Daemon:
         admin = DaemonServer("admin", DaemonServer.plain_config(admin_app), admin_sock)
         stops.push_async_callback(lambda: admin.stop(budget.left()))
         await admin.start()
-        push = await self._start_push(cfg, writer, client, inbox, activated) if inbox is not None else None
+        push = None
+        if inbox is not None:
+            push = await start_push(cfg, writer, client, inbox, activated, stops, budget, self.metrics)
 
         stops.push_async_callback(lambda: budget.bounded(modes.stop(), "mode control"))
         modes.start()
         stops.push_async_callback(lambda: budget.bounded(scheduler.shutdown(), "poll scheduler"))
         await scheduler.start()
-        if push is not None:
+        if push is not None and (listener := push.listener) is not None:
             # Stop accepting first: requests in flight still get their inbox commit and 2xx.
-            stops.push_async_callback(lambda: push.listener.stop(budget.left()))
-            await push.listener.start()
+            stops.push_async_callback(lambda: listener.stop(budget.left()))
+            await listener.start()
         running = Running(store, writer, client, poller, scheduler, modes, admin, probe, push, feed)
         listeners = {"admin": admin.url}
-        if push is not None:
+        if push is not None and push.listener is not None:
             listeners["webhook"] = push.listener.url + cfg.webhook.path
+        if push is not None and push.consumer is not None:
+            listeners["consumer"] = f"{cfg.nats.inbox_stream} as {push.consumer.name}"
         log.info(
             "syncd ready in %s mode: %s",
             cfg.sync.mode,
@@ -262,34 +262,6 @@ class Daemon:
         )
         self.notifier.ready(modes.status_text())
         return running
-
-    async def _start_push(
-        self,
-        cfg: Config,
-        writer: Writer,
-        client: PetstoreClient,
-        inbox: Inbox,
-        activated: dict[str, socket.socket],
-    ) -> Pushing:
-        """The inbox and its worker, started; the receiver's listener bound, not serving yet."""
-        stops, budget = self._stops, self._budget
-        worker = InboxWorker(writer, client, fetch_thin=cfg.webhook.fetch_thin_events, metrics=self.metrics)
-        worker_task = asyncio.create_task(worker.run(), name="syncd-inbox-worker")
-        stops.push_async_callback(budget.finish, worker_task)
-        stops.callback(worker.stop)
-        await inbox.start()
-        stops.push_async_callback(lambda: budget.bounded(inbox.stop(), "inbox"))
-        inbox.add_commit_listener(worker.wake)
-        audit = AuditLog(writer, metrics=self.metrics)
-        app = create_receiver_app(
-            cfg.webhook, cfg.secrets.webhook_secrets, inbox, audit, metrics=self.metrics
-        )
-        receiver = app.receiver
-        sock = activated.get("webhook") or bind_listener(cfg.webhook.listen)
-        # Closed here if startup fails before the listener serves (stopping it closes it too).
-        stops.callback(sock.close)
-        listener = DaemonServer("webhook", receiver_uvicorn_config(app, cfg.webhook), sock)
-        return Pushing(inbox, worker, receiver, listener)
 
     async def main_loop(self, running: Running) -> None:
         assert self._stop is not None
@@ -336,7 +308,7 @@ class Daemon:
                 return
         if running.push is not None:
             await running.modes.check(
-                receiver_serving=running.push.listener.serving,
+                receiver_serving=running.push.serving,
                 last_delivery_at=running.push.inbox.last_delivery_at,
             )
         if now - self._last_status >= status_keys.HEARTBEAT_PERIOD:

@@ -31,9 +31,8 @@ from typing import Any, Final, TypeVar
 from syncd.config import Config
 from syncd.config_feed import ChangesConfig, SinkConfig
 from syncd.errors import StoreClosedError
+from syncd.feed.base import Sink
 from syncd.feed.build import build_sink, runner_options, sink_warnings
-from syncd.feed.command import CommandSink
-from syncd.feed.http import HttpSink
 from syncd.feed.log import WriterChangeLog
 from syncd.feed.runner import Backoff, ChangeNotifier, DeliveryReport, SinkRunner, Sleep
 from syncd.metrics import Metrics
@@ -78,7 +77,7 @@ class FeedOptions:
 class _Running:
     cfg: SinkConfig
     secret: str | None
-    sink: HttpSink | CommandSink
+    sink: Sink
     runner: SinkRunner
     task: asyncio.Task[None]
 
@@ -179,7 +178,7 @@ class FeedService:
         assert self._log is not None
         assert self.notifier is not None
         opts = self._options
-        sink = build_sink(cfg, self.cfg.secrets)
+        sink = build_sink(cfg, self.cfg.secrets, nats=self.cfg.nats, retention=self.cfg.changes.retention)
         runner = SinkRunner(
             sink,
             self._log,
@@ -360,7 +359,7 @@ async def _run(runner: SinkRunner) -> None:
         log.exception("sink %s stopped unexpectedly", runner.name)
 
 
-async def _close(sink: HttpSink | CommandSink) -> None:
+async def _close(sink: Sink) -> None:
     aclose = getattr(sink, "aclose", None)
     if aclose is not None:
         await aclose()

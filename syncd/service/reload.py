@@ -20,6 +20,7 @@ from typing import Any
 
 from syncd.api import PetstoreClient
 from syncd.config import Config
+from syncd.config_nats import NatsConfig
 from syncd.errors import ConfigError
 from syncd.logs import SecretRedactor, set_level, setup_logging
 from syncd.service.running import Running
@@ -46,8 +47,11 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("poll", "jitter"),
     # The writer's store records the log or not from its start.
     ("changes", "enabled"),
+    ("webhook", "inbox"),
+    # The JetStream connection, streams and consumer are made once, at start.
+    *(("nats", key) for key in NatsConfig.model_fields),
 )
-_SECTIONS = ("api", "store", "sync", "poll", "webhook", "fallback", "admin", "log", "changes")
+_SECTIONS = ("api", "store", "sync", "poll", "webhook", "fallback", "admin", "log", "changes", "nats")
 
 
 def _flat(cfg: Config) -> dict[str, Any]:
@@ -112,7 +116,7 @@ def retune(running: Running, previous: Config, live: Config) -> None:
     """Apply a reloaded config to the running parts."""
     running.poller.cfg = live
     retune_client(running.client, previous, live)
-    if running.push is not None:
+    if running.push is not None and running.push.receiver is not None:
         running.push.receiver.update_settings(live.webhook, live.secrets.webhook_secrets)
     running.modes.reconfigure(live)
     # The reload may have fixed a refused API key.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from syncd.api import PetstoreClient
 from syncd.poll.poller import Poller
 from syncd.poll.scheduler import PollScheduler
+from syncd.push.consumer import InboxConsumer
 from syncd.push.inbox import Inbox
 from syncd.push.inbox_worker import InboxWorker
 from syncd.push.receiver import WebhookReceiver
@@ -36,13 +37,23 @@ class StoreFile:
 
 @dataclass(frozen=True, slots=True)
 class Pushing:
-    """The push-mode parts: deliveries go receiver -> inbox -> inbox worker."""
+    """The push-mode parts: deliveries go receiver -> inbox -> inbox worker, or, with
+    `webhook.inbox = "nats"`, JetStream consumer -> inbox -> inbox worker."""
 
     inbox: Inbox
     worker: InboxWorker
-    receiver: WebhookReceiver
-    #: The public listener serving `receiver`.
-    listener: DaemonServer
+    receiver: WebhookReceiver | None
+    #: The public listener serving `receiver` (None with the nats inbox).
+    listener: DaemonServer | None
+    #: The inbox stream's consumer (None with the sqlite inbox).
+    consumer: InboxConsumer | None = None
+
+    @property
+    def serving(self) -> bool:
+        """Deliveries can reach the inbox: the listener serves, or the consumer consumes."""
+        if self.listener is not None:
+            return self.listener.serving
+        return self.consumer is not None and self.consumer.healthy
 
 
 @dataclass(frozen=True, slots=True)

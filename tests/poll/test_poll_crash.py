@@ -27,7 +27,8 @@ ORDERS = 100_000
 DRIVER = """
 import asyncio, sys
 from syncd.api import PetstoreClient
-from syncd.config import Config, Secrets
+from syncd.config import Config
+from syncd.config_secrets import Secrets
 from syncd.poll.poller import Poller
 from syncd.store.db import Store
 from syncd.store.writer import Writer
