@@ -1,6 +1,7 @@
 """JetStream: webhook acks/s of two `syncd receive` processes into a local three-node
 cluster (R3 inbox stream) against one `syncd run` with its SQLite inbox, and the nats
-sink's changes/s into the same cluster (R3 changes stream). Prints JSON (bench/collect.py).
+sink's changes/s into the same cluster (R3 changes stream) and into one node (R1), where the
+two cores are not also running two more servers' replication. Prints JSON (bench/collect.py).
 
     .venv/bin/python bench/bench_nats.py [--quick] [--rounds 3] [--duration 8]
 
@@ -247,13 +248,14 @@ async def _reset_stream(cfg: NatsConfig) -> None:
 
 
 async def bench_sink(
-    cluster: NatsCluster, work: Path, n: int, rounds: int
+    cluster: NatsCluster, work: Path, n: int, rounds: int, replicas: int = 3
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    path = work / "feed.db"
+    path = work / f"feed-r{replicas}.db"
     prefill(path, n)
     feed = Feed(path)
     items = feed.read_all()
-    cfg = NatsConfig(servers=tuple(cluster.urls), replicas=3)
+    cfg = NatsConfig(servers=tuple(cluster.urls), replicas=replicas)
+    where = "R3 stream on three local nodes" if replicas == 3 else f"R{replicas} stream on one local node"
     out: dict[str, list[Clocks]] = {"a": [], "b": [], "c": []}
     try:
         for r, order in interleaved(rounds, "abc"):
@@ -288,7 +290,11 @@ async def bench_sink(
                 if info != n:
                     raise RuntimeError(f"side {side}: the stream holds {info} messages, not {n}")
                 out[side].append(clocks)
-                print(f"sink round {r} {side}: {n / clocks.wall:,.0f}/s", file=sys.stderr, flush=True)
+                print(
+                    f"sink R{replicas} round {r} {side}: {n / clocks.wall:,.0f}/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         feed.close()
     a = statistics.median(n / c.wall for c in out["a"])
@@ -296,7 +302,7 @@ async def bench_sink(
     c1 = statistics.median(n / c.wall for c in out["c"])
     figures = [
         figure(
-            f"nats sink, batches of {SINK_BATCH}, R3 stream",
+            f"nats sink, batches of {SINK_BATCH}, {where}",
             a,
             "changes/s",
             baseline="bare nats-py publish_async, same batches",
@@ -305,7 +311,7 @@ async def bench_sink(
             met=a >= SINK_TARGET,
         ),
         figure(
-            "nats sink one by one (stream without atomic batches)",
+            f"nats sink one by one (stream without atomic batches), {where}",
             c1,
             "changes/s",
             baseline="bare nats-py publish_async, same batches",
@@ -315,7 +321,7 @@ async def bench_sink(
     cpu_a = statistics.median(c.cpu / n * 1e6 for c in out["a"])
     cpu_b = statistics.median(c.cpu / n * 1e6 for c in out["b"])
     notes = [
-        f"nats sink: {cpu_a:.1f} us of syncd CPU per change against {cpu_b:.1f} us for bare publishes;"
+        f"nats sink ({where}): {cpu_a:.1f} us of syncd CPU per change against {cpu_b:.1f} us for bare publishes;"
         f" {n:,} changes, {rounds} interleaved rounds, medians"
     ]
     return figures, notes
@@ -350,6 +356,19 @@ def main() -> None:
             sink_figures, sink_notes = uvloop.run(bench_sink(cluster, work, args.changes, args.rounds))
         finally:
             cluster.stop()
+        # The same sink against one node: what the sink itself reaches when the cores are
+        # not also running two more servers' replication (a cluster's nodes have their own
+        # machines).
+        single = make_cluster(require_nats_server(), work / "nats1", 1)
+        single.start()
+        try:
+            one_figures, one_notes = uvloop.run(
+                bench_sink(single, work, args.changes, args.rounds, replicas=1)
+            )
+        finally:
+            single.stop()
+        sink_figures += one_figures
+        sink_notes += one_notes
     notes += sink_notes
     notes.append(f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(json.dumps({"name": "bench_nats", "figures": figures + sink_figures, "notes": notes}))
