@@ -21,7 +21,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from syncd.api import PetstoreClient
 from syncd.config import Config, check_warnings, load_config
@@ -39,6 +39,7 @@ from syncd.service.modes import ModeControl, poll_interval, starting_mode
 from syncd.service.pushing import start_push
 from syncd.service.reload import Reloader
 from syncd.service.running import Running, StoreFile
+from syncd.service.signals import signal_handlers
 from syncd.service.status_page import status_routes, store_report
 from syncd.service.stopping import StopBudget, cancel
 from syncd.service.systemd import Notifier, watchdog_loop
@@ -117,7 +118,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            with self._signal_handlers(loop):
+            with signal_handlers(loop, self._on_signal):
                 try:
                     self.running = await self.startup()
                 except Exception as exc:
@@ -334,22 +335,6 @@ class Daemon:
         log.info("syncd stopped")
 
     # -- signals ----------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _signal_handlers(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
-        installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):
-                # Not the main thread (a loop run in another thread): no signal handling.
-                break
-        try:
-            yield
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP:

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -39,6 +39,7 @@ from syncd.push.log_audit import LogAudit
 from syncd.push.receiver_app import create_receiver_app
 from syncd.push.receiver_app import uvicorn_config as receiver_uvicorn_config
 from syncd.service.listeners import DaemonServer, bind_listener, take_activated_sockets
+from syncd.service.signals import signal_handlers
 from syncd.service.stopping import StopBudget, cancel
 from syncd.service.systemd import Notifier, watchdog_loop
 
@@ -115,7 +116,7 @@ class ReceiveServer:
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
-        with self._signal_handlers(loop):
+        with signal_handlers(loop, self._on_signal):
             try:
                 await self.startup()
             except Exception as exc:
@@ -224,21 +225,6 @@ class ReceiveServer:
         self._budget.start(SHUTDOWN_BUDGET)
         await self._stops.aclose()
         log.info("syncd receive stopped")
-
-    @contextlib.contextmanager
-    def _signal_handlers(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
-        installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):
-                break
-        try:
-            yield
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP:
