@@ -61,6 +61,35 @@ class AuditRow(NamedTuple):
     body_size: int
 
 
+class AuditBuffer:
+    """Audit rows waiting to be written: at most `max_rows`, the oldest dropped past that.
+    Every row lost, dropped here or by a write that failed (`lost`), is counted in `dropped`
+    and in `syncd_webhook_audit_dropped_total`."""
+
+    def __init__(self, max_rows: int, metrics: Metrics | None) -> None:
+        self._rows: deque[AuditRow] = deque(maxlen=max_rows)
+        self._metrics = metrics
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, row: AuditRow) -> None:
+        if len(self._rows) == self._rows.maxlen:
+            self.lost(1)
+        self._rows.append(row)
+
+    def take(self, limit: int | None = None) -> list[AuditRow]:
+        """The oldest `limit` rows (all of them by default), removed from the buffer."""
+        count = len(self._rows) if limit is None else min(limit, len(self._rows))
+        return [self._rows.popleft() for _ in range(count)]
+
+    def lost(self, count: int) -> None:
+        self.dropped += count
+        if self._metrics is not None:
+            self._metrics.audit_dropped.inc(count)
+
+
 class AuditTrail(Protocol):
     """What the receiver records each answer to: `AuditLog` (the store) or, in `syncd
     receive`, which has no store, `syncd.push.log_audit.LogAudit` (JSON log lines)."""
@@ -89,26 +118,24 @@ class AuditLog:
         metrics: Metrics | None = None,
     ) -> None:
         self._writer = writer
-        self._rows: deque[AuditRow] = deque(maxlen=max_rows)
+        self._buffer = AuditBuffer(max_rows, metrics)
         self._interval = interval
         self._batch = batch
-        self._metrics = metrics
         self._kick = asyncio.Event()
         #: Held while rows are being written, so a flush also waits for a write in progress.
         self._writing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        #: Rows lost because the buffer was full (the oldest go first).
-        self.dropped = 0
         self.written = 0
 
+    @property
+    def dropped(self) -> int:
+        """Rows lost: the buffer was full (the oldest go first), or the store refused them."""
+        return self._buffer.dropped
+
     def record(self, row: AuditRow) -> None:
-        if len(self._rows) == self._rows.maxlen:
-            self.dropped += 1
-            if self._metrics is not None:
-                self._metrics.audit_dropped.inc()
-        self._rows.append(row)
-        if len(self._rows) >= self._batch:
+        self._buffer.add(row)
+        if len(self._buffer) >= self._batch:
             self._kick.set()
 
     async def start(self) -> None:
@@ -130,16 +157,13 @@ class AuditLog:
             await self._write_buffered()
 
     async def _write_buffered(self) -> None:
-        while self._rows:
-            rows = [self._rows.popleft() for _ in range(min(self._batch, len(self._rows)))]
+        while rows := self._buffer.take(self._batch):
             try:
                 await self._writer.run(_write, rows)
             except Exception as exc:
                 # Audit must not take the receiver down with the store; the loss is counted.
                 log.error("cannot write %d audit rows: %s", len(rows), exc)
-                self.dropped += len(rows)
-                if self._metrics is not None:
-                    self._metrics.audit_dropped.inc(len(rows))
+                self._buffer.lost(len(rows))
                 return
             self.written += len(rows)
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections import deque
 from typing import IO, Final
 
 import orjson
 
 from syncd.metrics import Metrics
-from syncd.push.audit import AuditRow
+from syncd.push.audit import AuditBuffer, AuditRow
 from syncd.timefmt import format_epoch
 
 _FIELDS: Final = AuditRow._fields
@@ -45,32 +44,29 @@ class LogAudit:
         metrics: Metrics | None = None,
     ) -> None:
         self._stream = stream if stream is not None else sys.stderr.buffer
-        self._rows: deque[AuditRow] = deque(maxlen=max_rows)
+        self._buffer = AuditBuffer(max_rows, metrics)
         self._interval = interval
-        self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.written = 0
-        self.dropped = 0
+
+    @property
+    def dropped(self) -> int:
+        return self._buffer.dropped
 
     def record(self, row: AuditRow) -> None:
-        if len(self._rows) == self._rows.maxlen:
-            self.dropped += 1
-            if self._metrics is not None:
-                self._metrics.audit_dropped.inc()
-        self._rows.append(row)
+        self._buffer.add(row)
 
     def flush(self) -> None:
-        if not self._rows:
+        rows = self._buffer.take()
+        if not rows:
             return
-        rows = list(self._rows)
-        self._rows.clear()
         try:
             self._stream.write(b"".join(audit_line(row) for row in rows))
             self._stream.flush()
         except (OSError, ValueError):
             # A closed or full log must not take the receiver down; the loss is counted.
-            self.dropped += len(rows)
+            self._buffer.lost(len(rows))
             return
         self.written += len(rows)
 
