@@ -16,6 +16,7 @@ import pytest
 
 from syncd.config import API_KEY_CREDENTIAL, CONFIG_ENV, WEBHOOK_SECRET_CREDENTIAL
 from syncd.service.systemd import Notifier, listen_fds_with_names, watchdog_loop
+from tests.systemd_units import exposure, needs_analyze, verify
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "syncd.service"
@@ -323,24 +324,11 @@ def test_listen_fds_under_systemd_socket_activate(tmp_path: Path) -> None:
 
 # --- the unit file ------------------------------------------------------------
 
-needs_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (not a systemd host)"
-)
-
 
 @needs_analyze
 def test_unit_exposure_rating_at_most_2_5() -> None:
-    # --threshold takes tenths: 25 means an exposure of 2.5, and makes the
-    # command fail above it.
-    out = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--threshold=25", str(UNIT)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    match = re.search(r"Overall exposure level for syncd\.service: (\d+\.\d)", out.stdout)
-    assert match is not None, out.stdout + out.stderr
-    assert float(match.group(1)) <= 2.5
+    rating, out = exposure(UNIT, "syncd.service")
+    assert rating <= 2.5
     assert out.returncode == 0, out.stderr
 
 
@@ -355,12 +343,7 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
     # The optional socket unit activates this service; verify both together.
     socket_unit = tmp_path / "syncd.socket"
     socket_unit.write_text((UNIT.parent / "syncd.socket").read_text())
-    out = subprocess.run(
-        ["systemd-analyze", "verify", str(socket_unit), str(copy)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    out = verify(socket_unit, copy)
     # Unknown or misspelt keys are only warnings (exit 0), so any output fails.
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
 
@@ -452,24 +435,15 @@ def _template_copy(tmp_path: Path) -> Path:
 @needs_analyze
 def test_template_instance_exposure_rating_at_most_2_5(tmp_path: Path) -> None:
     instance = _template_copy(tmp_path)
-    out = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--threshold=25", str(instance)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    match = re.search(rf"Overall exposure level for syncd@{INSTANCE}\.service: (\d+\.\d)", out.stdout)
-    assert match is not None, out.stdout + out.stderr
-    assert float(match.group(1)) <= 2.5
+    rating, out = exposure(instance, f"syncd@{INSTANCE}.service")
+    assert rating <= 2.5
     assert out.returncode == 0, out.stderr
 
 
 @needs_analyze
 def test_template_instance_verifies_cleanly(tmp_path: Path) -> None:
     instance = _template_copy(tmp_path)
-    out = subprocess.run(
-        ["systemd-analyze", "verify", str(instance)], capture_output=True, text=True, check=False
-    )
+    out = verify(instance)
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
 
 
@@ -479,9 +453,7 @@ def test_template_verify_catches_a_misspelt_key(tmp_path: Path) -> None:
     instance = _template_copy(tmp_path)
     template = tmp_path / "syncd@.service"
     template.write_text(template.read_text().replace("UMask=0077\n", "UMask=0077\nUMaks=0077\n"))
-    out = subprocess.run(
-        ["systemd-analyze", "verify", str(instance)], capture_output=True, text=True, check=False
-    )
+    out = verify(instance)
     assert "Unknown key" in out.stderr
     assert "UMaks" in out.stderr
 

@@ -3,34 +3,19 @@
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from syncd.config import CONFIG_ENV, WEBHOOK_SECRET_CREDENTIAL
+from tests.systemd_units import exposure, needs_analyze, verify
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "syncd-receive.service"
-
-needs_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (not a systemd host)"
-)
 
 
 @needs_analyze
 def test_exposure_rating_at_most_2_5() -> None:
-    out = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--threshold=25", str(UNIT)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    match = re.search(r"Overall exposure level for syncd-receive\.service: (\d+\.\d)", out.stdout)
-    assert match is not None, out.stdout + out.stderr
-    assert float(match.group(1)) <= 2.5
+    rating, out = exposure(UNIT, "syncd-receive.service")
+    assert rating <= 2.5
     assert out.returncode == 0, out.stderr
 
 
@@ -40,9 +25,7 @@ def test_verifies_cleanly(tmp_path: Path) -> None:
     assert "ExecStart=/usr/local/bin/syncd receive --config /etc/syncd/config.toml\n" in text
     copy = tmp_path / "syncd-receive.service"
     copy.write_text(text.replace("ExecStart=/usr/local/bin/syncd ", f"ExecStart={sys.executable} "))
-    out = subprocess.run(
-        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
-    )
+    out = verify(copy)
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
 
 
