@@ -36,7 +36,9 @@ import pytest
 from syncd.config import load_config
 from syncd.demo import daemon_process
 from syncd.ops.status import collect_status
+from syncd.signatures import sign
 from syncd.sim.cli import READY_PREFIX
+from syncd.timefmt import format_epoch
 
 T = TypeVar("T")
 API_KEY = "e2e-api-key"
@@ -68,6 +70,40 @@ def wait_until(
             detail = f" (last error: {last_error})" if last_error else ""
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+def order_created(
+    event_id: str,
+    order_id: int,
+    *,
+    customer: str = "e2e@example.com",
+    total: float = 1.0,
+    stamp: str | None = None,
+    timestamp: int | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """A signed `order.created` delivery (petstore scheme) of a new placed order, stamped
+    `stamp` (now by default) and signed at `timestamp` (now by default): body and headers."""
+    stamp = stamp or format_epoch()
+    record = {
+        "id": order_id,
+        "customer": customer,
+        "status": "placed",
+        "total": total,
+        "currency": "USD",
+        "items": [],
+        "createdAt": stamp,
+        "updatedAt": stamp,
+        "version": 1,
+    }
+    body = json.dumps(
+        {"eventId": event_id, "event": "order.created", "timestamp": stamp, "data": record}
+    ).encode()
+    signed_at = int(time.time()) if timestamp is None else timestamp
+    headers = {
+        "Content-Type": "application/json",
+        **sign("petstore", WEBHOOK_SECRET, body, msg_id=event_id, timestamp=signed_at),
+    }
+    return body, headers
 
 
 def to_toml(sections: dict[str, Any]) -> str:

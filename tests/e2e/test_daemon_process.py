@@ -18,16 +18,14 @@ from typing import Any
 import httpx
 import pytest
 
-from syncd.signatures import sign
-from syncd.timefmt import format_epoch as utc_iso
 from tests.e2e.conftest import (
     API_KEY,
     START_TIMEOUT,
-    WEBHOOK_SECRET,
     DaemonProcess,
     NotifySocket,
     SimProcess,
     mirror_covers,
+    order_created,
     wait_until,
 )
 
@@ -70,24 +68,7 @@ def test_systemd_notifications_over_the_lifecycle(
 
 def _delivery(n: int) -> tuple[str, bytes, dict[str, str]]:
     event_id = f"evt_e2e_{n:06d}"
-    record = {
-        "id": 900_000 + n,
-        "customer": "e2e@example.com",
-        "status": "placed",
-        "total": 1.0,
-        "currency": "USD",
-        "items": [],
-        "createdAt": utc_iso(),
-        "updatedAt": utc_iso(),
-        "version": 1,
-    }
-    body = json.dumps(
-        {"eventId": event_id, "event": "order.created", "timestamp": utc_iso(), "data": record}
-    ).encode()
-    headers = {
-        "Content-Type": "application/json",
-        **sign("petstore", WEBHOOK_SECRET, body, msg_id=event_id, timestamp=int(time.time())),
-    }
+    body, headers = order_created(event_id, 900_000 + n)
     return event_id, body, headers
 
 

@@ -6,7 +6,6 @@ reaches the receiver at least once, in seq order."""
 from __future__ import annotations
 
 import base64
-import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -16,8 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
-from syncd.signatures import sign
-from tests.e2e.conftest import WEBHOOK_SECRET, DaemonProcess, SimProcess, daemon_sections, wait_until
+from tests.e2e.conftest import (
+    DaemonProcess,
+    SimProcess,
+    daemon_sections,
+    order_created,
+    wait_until,
+)
 from tests.sink_receiver import SinkReceiver
 
 pytestmark = pytest.mark.slow
@@ -50,26 +54,13 @@ def sink_receiver() -> Iterator[_Receiver]:
 
 
 def _post_order(url: str, order_id: int) -> None:
-    stamp = "2026-12-01T10:00:00.000Z"
-    data = {
-        "id": order_id,
-        "customer": "kill@example.com",
-        "status": "placed",
-        "total": 1.0,
-        "currency": "USD",
-        "items": [],
-        "createdAt": stamp,
-        "updatedAt": stamp,
-        "version": 1,
-    }
-    event_id = f"evt_kill_{order_id}"
-    body = json.dumps(
-        {"eventId": event_id, "event": "order.created", "timestamp": stamp, "data": data}
-    ).encode()
-    headers = {
-        "Content-Type": "application/json",
-        **sign("petstore", WEBHOOK_SECRET, body, msg_id=event_id, timestamp=0),
-    }
+    body, headers = order_created(
+        f"evt_kill_{order_id}",
+        order_id,
+        customer="kill@example.com",
+        stamp="2026-12-01T10:00:00.000Z",
+        timestamp=0,
+    )
     assert httpx.post(url, content=body, headers=headers, timeout=10).status_code == 200
 
 

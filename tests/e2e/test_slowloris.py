@@ -4,7 +4,6 @@ not keep a signed delivery from its acknowledgement, and are closed after the he
 from __future__ import annotations
 
 import contextlib
-import json
 import resource
 import socket
 import threading
@@ -15,9 +14,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from syncd.signatures import sign
-from syncd.timefmt import format_epoch as utc_iso
-from tests.e2e.conftest import WEBHOOK_PATH, WEBHOOK_SECRET, DaemonProcess, SimProcess, wait_until
+from tests.e2e.conftest import (
+    WEBHOOK_PATH,
+    DaemonProcess,
+    SimProcess,
+    order_created,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -39,24 +42,7 @@ def enough_file_descriptors() -> Iterator[None]:
 
 
 def _delivery(order_id: int) -> tuple[bytes, dict[str, str]]:
-    event_id = f"evt_slowloris_{order_id}"
-    record = {
-        "id": order_id,
-        "customer": "slow@example.com",
-        "status": "placed",
-        "total": 1.0,
-        "currency": "USD",
-        "items": [],
-        "createdAt": utc_iso(),
-        "updatedAt": utc_iso(),
-        "version": 1,
-    }
-    body = json.dumps({"eventId": event_id, "event": "order.created", "timestamp": utc_iso(), "data": record})
-    headers = {
-        "Content-Type": "application/json",
-        **sign("petstore", WEBHOOK_SECRET, body.encode(), msg_id=event_id, timestamp=int(time.time())),
-    }
-    return body.encode(), headers
+    return order_created(f"evt_slowloris_{order_id}", order_id, customer="slow@example.com")
 
 
 def _drip(sockets: list[socket.socket], stop: threading.Event) -> None:

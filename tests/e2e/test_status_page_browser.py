@@ -8,19 +8,15 @@ saved in the test's tmp dir.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from syncd.signatures import sign
-from syncd.timefmt import format_epoch as utc_iso
-from tests.e2e.conftest import WEBHOOK_SECRET, DaemonProcess, SimProcess
+from tests.e2e.conftest import DaemonProcess, SimProcess, order_created
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
 from selenium.webdriver.chrome.options import Options  # noqa: E402
@@ -62,26 +58,7 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 def _order_created(n: int) -> tuple[bytes, dict[str, str]]:
-    event_id = f"evt_page_{n:04d}"
-    now = utc_iso()
-    record = {
-        "id": 700_000 + n,
-        "customer": "page@example.com",
-        "status": "placed",
-        "total": 2.5,
-        "currency": "USD",
-        "items": [],
-        "createdAt": now,
-        "updatedAt": now,
-        "version": 1,
-    }
-    body = json.dumps({"eventId": event_id, "event": "order.created", "timestamp": now, "data": record})
-    raw = body.encode()
-    headers = {
-        "Content-Type": "application/json",
-        **sign("petstore", WEBHOOK_SECRET, raw, msg_id=event_id, timestamp=int(time.time())),
-    }
-    return raw, headers
+    return order_created(f"evt_page_{n:04d}", 700_000 + n, customer="page@example.com", total=2.5)
 
 
 def _text(driver: webdriver.Chrome, css: str) -> str:

@@ -7,22 +7,18 @@ any invalid config."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from syncd.signatures import sign
 from syncd.store.db import Store
-from syncd.timefmt import format_epoch as utc_iso
 from tests.e2e.conftest import (
     API_KEY,
     START_TIMEOUT,
@@ -30,6 +26,7 @@ from tests.e2e.conftest import (
     DaemonProcess,
     NotifySocket,
     SimProcess,
+    order_created,
     to_toml,
     wait_until,
 )
@@ -42,25 +39,7 @@ ENV = {"PETSTORE_API_KEY": API_KEY, "PETSTORE_WEBHOOK_SECRET": WEBHOOK_SECRET}
 
 
 def delivery(n: int) -> tuple[bytes, dict[str, str]]:
-    event_id = f"evt_guard_{n:04d}"
-    now = utc_iso()
-    record = {
-        "id": 800_000 + n,
-        "customer": "guard@example.com",
-        "status": "placed",
-        "total": 1.0,
-        "currency": "USD",
-        "items": [],
-        "createdAt": now,
-        "updatedAt": now,
-        "version": 1,
-    }
-    body = json.dumps({"eventId": event_id, "event": "order.created", "timestamp": now, "data": record})
-    headers = {
-        "Content-Type": "application/json",
-        **sign("petstore", WEBHOOK_SECRET, body.encode(), msg_id=event_id, timestamp=int(time.time())),
-    }
-    return body.encode(), headers
+    return order_created(f"evt_guard_{n:04d}", 800_000 + n, customer="guard@example.com")
 
 
 def post(url: str, n: int) -> int:
