@@ -39,7 +39,7 @@ from syncd.service.modes import ModeControl, poll_interval, starting_mode
 from syncd.service.pushing import start_push
 from syncd.service.reload import Reloader
 from syncd.service.running import Running, StoreFile
-from syncd.service.signals import signal_handlers
+from syncd.service.signals import StopSignals, signal_handlers
 from syncd.service.status_page import status_routes, store_report
 from syncd.service.stopping import StopBudget, cancel
 from syncd.service.systemd import Notifier, watchdog_loop
@@ -97,7 +97,7 @@ class Daemon:
         self._stops = contextlib.AsyncExitStack()
         self._budget = StopBudget()
         self._stop: asyncio.Event | None = None
-        self._signals = 0
+        self._stop_signals = StopSignals(self.request_stop, EXIT_FAILURE)
         self._reloading: asyncio.Task[bool] | None = None
         self._last_status = 0.0
         self._last_prune = 0.0
@@ -348,10 +348,4 @@ class Daemon:
                 return
             self._reloading = asyncio.get_running_loop().create_task(self.reload(), name="syncd-reload")
             return
-        self._signals += 1
-        if self._signals > 1:
-            log.warning("%s again: exiting now without a graceful stop", sig.name)
-            logging.shutdown()
-            os._exit(EXIT_FAILURE)
-        log.info("%s received", sig.name)
-        self.request_stop()
+        self._stop_signals(sig)

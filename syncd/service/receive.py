@@ -39,7 +39,7 @@ from syncd.push.log_audit import LogAudit
 from syncd.push.receiver_app import create_receiver_app
 from syncd.push.receiver_app import uvicorn_config as receiver_uvicorn_config
 from syncd.service.listeners import DaemonServer, bind_listener, take_activated_sockets
-from syncd.service.signals import signal_handlers
+from syncd.service.signals import StopSignals, signal_handlers
 from syncd.service.stopping import StopBudget, cancel
 from syncd.service.systemd import Notifier, watchdog_loop
 
@@ -107,7 +107,7 @@ class ReceiveServer:
             self.link, cfg.nats.inbox_stream, ack_timeout=cfg.webhook.ack_timeout, metrics=self.metrics
         )
         self._stop = asyncio.Event()
-        self._signals = 0
+        self._stop_signals = StopSignals(self.request_stop, EXIT_FAILURE)
         self._stops = contextlib.AsyncExitStack()
         self._budget = StopBudget()
         self.webhook: DaemonServer | None = None
@@ -232,10 +232,4 @@ class ReceiveServer:
                 self.reload(), name="syncd-receive-reload"
             )
             return
-        self._signals += 1
-        if self._signals > 1:
-            log.warning("%s again: exiting now", sig.name)
-            logging.shutdown()
-            os._exit(EXIT_FAILURE)
-        log.info("%s received", sig.name)
-        self.request_stop()
+        self._stop_signals(sig)
