@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -85,14 +86,31 @@ def create_admin_app(
     are sampled rather than counted (cursor lag, inbox depth) just before a scrape; `routes`
     are served beside them (the status page)."""
 
+    async def ready() -> dict[str, Any]:
+        inputs = await readiness()
+        ready, reason = judge_readiness(inputs, clock(), slack=slack)
+        return {"ready": ready, "reason": reason, "mode": inputs.mode}
+
+    return probe_app(metrics, ready, refresh=refresh, routes=routes)
+
+
+def probe_app(
+    metrics: Metrics,
+    ready: Callable[[], Awaitable[dict[str, Any]]],
+    *,
+    refresh: Callable[[], Awaitable[None]] | None = None,
+    routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """/healthz, /readyz and /metrics of a syncd process (`syncd run`, `syncd receive`), plus
+    `routes`. `ready()` gives /readyz's JSON body: 200 when its "ready" is true, else 503;
+    `refresh()` runs before each scrape."""
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
     async def readyz(request: Request) -> Response:
-        inputs = await readiness()
-        ready, reason = judge_readiness(inputs, clock(), slack=slack)
-        body = {"ready": ready, "reason": reason, "mode": inputs.mode}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        body = await ready()
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         if refresh is not None:

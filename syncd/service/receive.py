@@ -22,13 +22,9 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from syncd.config import Config
 from syncd.errors import ConfigError, SyncdError
@@ -38,6 +34,7 @@ from syncd.push.jetstream_inbox import JetStreamInbox
 from syncd.push.log_audit import LogAudit
 from syncd.push.receiver_app import create_receiver_app
 from syncd.push.receiver_app import uvicorn_config as receiver_uvicorn_config
+from syncd.service.admin import probe_app
 from syncd.service.listeners import DaemonServer, bind_listener, take_activated_sockets
 from syncd.service.signals import StopSignals, signal_handlers
 from syncd.service.stopping import StopBudget, cancel
@@ -52,26 +49,16 @@ HEADER_ALLOWANCE = 64 * 1024
 
 
 def create_receive_admin_app(link: JetStreamLink, metrics: Metrics) -> Starlette:
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "alive"})
-
-    async def readyz(request: Request) -> Response:
+    async def ready() -> dict[str, Any]:
         problem = link.status()
         if problem is None:
-            return JSONResponse({"ready": True, "reason": "JetStream reachable"})
-        return JSONResponse({"ready": False, "reason": problem}, status_code=503)
+            return {"ready": True, "reason": "JetStream reachable"}
+        return {"ready": False, "reason": problem}
 
-    async def metrics_endpoint(request: Request) -> Response:
+    async def refresh() -> None:
         metrics.jetstream_connected.set(1 if link.connected else 0)
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-        ]
-    )
+    return probe_app(metrics, ready, refresh=refresh)
 
 
 class ReceiveServer:
