@@ -57,7 +57,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
     },
     "webhook": {"rate_limit": "1000000/s", "path": PATH},
     "fallback": {"silence": "5m", "missed_ratio": 0.05, "recover_after": 2},
-    "log": {"level": "info", "format": "text"},
+    # JSON (the harness reads the ready line from it), at config.example.toml's level.
+    "log": {"level": "info", "format": "json"},
 }
 
 
