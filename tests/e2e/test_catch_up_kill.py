@@ -53,9 +53,10 @@ def test_a_kill_during_catch_up_of_a_backlog_loses_nothing_and_applies_once(
         sim.control(action="step", count=CHANGES)
         sim.control(action="quiesce", timeout=60)
         acked = sim.http.get("/_sim/acked").json()["event_ids"]
-        assert len(acked) >= CHANGES
+        assert len(acked) > CHANGES // 2  # not every change of the workload is an event
         backlog = inbox_depth(db)
         assert backlog > 1000, f"only {backlog} deliveries held back"
+        assert backlog <= len(acked)
         # Killed holding the backlog: acknowledged, none of it applied.
         daemon.proc.kill()
         daemon.proc.wait()
@@ -74,6 +75,9 @@ def test_a_kill_during_catch_up_of_a_backlog_loses_nothing_and_applies_once(
         left = inbox_depth(db)
         assert left < backlog
 
+        # Polls and relists again from here: the workload's hard deletes reach the mirror only
+        # by a relist (a thin event of a deleted record fetches nothing to apply).
+        sections["poll"].update({"interval": "1s", "safety_interval": "2s", "full_relist_interval": "3s"})
         daemon = DaemonProcess(workdir, sections)
         wait_until(lambda: inbox_depth(db) == 0, 90, interval=0.2, what="the inbox to drain")
         wait_until(lambda: daemon.mirror() == sim.truth(), 90, interval=0.5, what="zero drift")
