@@ -102,7 +102,10 @@ class ParsedBodies:
     itself, so the bound, restarts and rows that came from disk change nothing but speed.
     An entry is taken once; the oldest go first when the bound is reached."""
 
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+    # Small: a parse takes several times its body's bytes, and while the worker defers a
+    # burst every acknowledged body would sit here until it is applied. A few thousand
+    # bodies cover a worker that keeps up; a backlog is parsed again when it is applied.
+    def __init__(self, max_bytes: int = 2 * 1024 * 1024) -> None:
         self._max_bytes = max_bytes
         self._items: dict[bytes, Any] = {}
         self._bytes = 0
