@@ -143,7 +143,15 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
 
             metrics.event_to_mirror = Recorder()  # type: ignore[assignment]
             inbox = Inbox(writer, metrics=metrics)
-            worker = InboxWorker(writer, None, fetch_thin=False, metrics=metrics)
+            # Wired as the daemon wires it (syncd.service.pushing).
+            worker = InboxWorker(
+                writer,
+                None,
+                fetch_thin=False,
+                metrics=metrics,
+                backlog=inbox.backlog,
+                saturated=inbox.saturated,
+            )
             inbox.add_commit_listener(worker.wake)
             await inbox.start()
             tasks.append(asyncio.create_task(worker.run()))

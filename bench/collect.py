@@ -31,6 +31,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bench_apply.py", [], ["--quick"]),
     ("bench_initial_sync.py", [], ["--quick"]),
     ("bench_receiver.py", [], ["--quick"]),
+    ("bench_ack_path.py", [], ["--quick"]),
     ("bench_soak.py", [], ["--quick"]),
     ("bench_feed.py", [], ["--quick"]),
     ("bench_feed_latency.py", [], ["--quick"]),
@@ -42,6 +43,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
 GROUPS: dict[str, list[str]] = {
     "feed": ["bench_feed.py", "bench_feed_latency.py"],
     "nats": ["bench_nats.py"],
+    "ack": ["bench_receiver.py", "bench_ack_path.py"],
 }
 
 

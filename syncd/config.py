@@ -146,6 +146,10 @@ class WebhookConfig(_Section):
     max_header_bytes: Size = Field(default=32 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_headers: int = Field(default=100, ge=8, le=10_000)
     max_connections: int = Field(default=1024, ge=16, le=65_536)
+    #: Deliveries acknowledged and not yet applied to the mirror the inbox may hold; past
+    #: either bound new deliveries are answered 503 with Retry-After.
+    max_backlog: int = Field(default=1_000_000, ge=1, le=1_000_000_000)
+    max_backlog_bytes: Annotated[Size, size_between(1024, 1024**4)] = 1024**3
     #: "nats": deliveries come from `syncd receive` through JetStream, not from a listener here.
     inbox: Literal["sqlite", "nats"] = "sqlite"
     #: `syncd receive`: longest wait for JetStream's PubAck before answering 503 (the

@@ -37,6 +37,9 @@ class Metrics:
         self.inbox_depth = Gauge(
             "syncd_inbox_depth", "Webhook deliveries committed but not yet applied", registry=r
         )
+        self.inbox_bytes = Gauge(
+            "syncd_inbox_bytes", "Bytes of webhook bodies committed but not yet applied", registry=r
+        )
         self.group_commit_size = Histogram(
             "syncd_inbox_group_commit_size",
             "Deliveries committed together in one transaction",

@@ -46,6 +46,8 @@ BOUNDS: dict[str, tuple[list[Any], list[Any]]] = {
     "webhook.max_connections": ([0, 15, 65537], [16, 65536]),
     "webhook.tolerance": (["0s", "999ms", "25h"], ["1s", "24h"]),
     "webhook.max_body": ([-1, 0, 1023, "65MiB", "99999999999GiB"], [1024, "1KiB", "64MiB"]),
+    "webhook.max_backlog": ([0, -1, 1_000_000_001], [1, 1_000_000_000]),
+    "webhook.max_backlog_bytes": ([0, 1023, "1025GiB"], [1024, "1KiB", "1024GiB"]),
     "webhook.rate_limit": (["0/s", "0.0/m", "1000001/s", "9" * 400 + "/s"], ["1/h", "1000000/s"]),
     "webhook.dedupe_retention": (["0s", "999ms", "366d"], ["1s", "365d"]),
     "webhook.audit_retention": (["0s", "0.5s", "366d"], ["1s", "365d"]),

@@ -17,6 +17,7 @@ import uvicorn
 from syncd.config import WebhookConfig
 from syncd.metrics import Metrics
 from syncd.push.audit import AuditLog
+from syncd.push.backlog import Backlog
 from syncd.push.inbox import Inbox
 from syncd.push.receiver_app import ReceiverApp, create_receiver_app, uvicorn_config
 from syncd.signatures import sign
@@ -25,6 +26,10 @@ from syncd.store.writer import Writer
 
 SECRET = "s3cret-current"
 PATH = "/webhooks/petstore"
+
+
+#: Every event id the store knows: acknowledged and waiting in the inbox, or applied.
+KNOWN_EVENT_IDS = "SELECT event_id FROM _events UNION ALL SELECT event_id FROM _inbox"
 
 
 def order(order_id: int = 1, version: int = 1, **extra: Any) -> dict[str, Any]:
@@ -125,7 +130,8 @@ async def running_receiver(
     writer = Writer(lambda: Store(db_path))
     writer.start()
     metrics = Metrics()
-    inbox = Inbox(writer, max_waiting=max_waiting, metrics=metrics)
+    backlog = Backlog(cfg.max_backlog, cfg.max_backlog_bytes, metrics=metrics)
+    inbox = Inbox(writer, max_waiting=max_waiting, metrics=metrics, backlog=backlog)
     await inbox.start()
     extra = {"clock": clock} if clock is not None else {}
     app = create_receiver_app(

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from syncd.cli.terminal import ago, count, duration, plain, short
+from syncd.config_values import format_size
 
 _MODE_STYLE = {"push": "green", "poll": "green", "fallback": "yellow"}
 
@@ -49,7 +50,11 @@ def _overview(report: dict[str, Any], out: Console, now: float) -> None:
     grid.add_row("why", Text(plain(mode["reason"])))
     grid.add_row("fallback switches", str(report["fallback_switches"]))
     grid.add_row("last webhook", ago(report["last_webhook_at"], now))
-    grid.add_row("inbox depth", count(report["inbox_depth"]))
+    backlog = report["inbox_backlog"]
+    depth = Text(f"{count(backlog['deliveries'])} ({format_size(backlog['bytes'])})")
+    if backlog["full"]:
+        depth.append(" FULL: new deliveries get 503", style="bold red")
+    grid.add_row("inbox depth", depth)
     letters = Text(f"{count(dead['total'])} ({count(dead['open'])} open)")
     if dead["open"]:
         letters.stylize("yellow")

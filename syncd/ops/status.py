@@ -104,6 +104,7 @@ STATUS_SCHEMA: dict[str, Any] = {
         "last_webhook_at",
         "events",
         "inbox_depth",
+        "inbox_backlog",
         "dead_letters",
         "fallback_switches",
         "changes",
@@ -152,6 +153,21 @@ STATUS_SCHEMA: dict[str, Any] = {
             "additionalProperties": _COUNT,
         },
         "inbox_depth": {**_COUNT, "description": "deliveries stored but not yet applied"},
+        "inbox_backlog": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["deliveries", "bytes", "max_deliveries", "max_bytes", "full"],
+            "properties": {
+                "deliveries": {**_COUNT, "description": "deliveries acknowledged, not yet applied"},
+                "bytes": {**_COUNT, "description": "their bodies' bytes"},
+                "max_deliveries": {**_COUNT, "description": "webhook.max_backlog"},
+                "max_bytes": {**_COUNT, "description": "webhook.max_backlog_bytes"},
+                "full": {
+                    "type": "boolean",
+                    "description": "at either bound: new deliveries are answered 503 with Retry-After",
+                },
+            },
+        },
         "dead_letters": {
             "type": "object",
             "additionalProperties": False,
@@ -242,7 +258,7 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
         names = tuple(r for r in RESOURCES if r in cfg.sync.resources)
         by_outcome = events.outcome_counts(conn)
         last_webhook = events.last_delivery_at(conn)
-        inbox_depth = events.inbox_depth(conn)
+        inbox_depth, inbox_bytes = events.inbox_backlog(conn)
         dead_total, dead_open = dead_letter_counts(conn)
         latest = [
             dict(zip(("id", "source", "resource", "record_id", "event_id", "reason"), row, strict=True))
@@ -278,6 +294,13 @@ def collect_status(cfg: Config, *, now: float | None = None) -> dict[str, Any]:
         "last_webhook_at": _iso(last_webhook),
         "events": by_outcome,
         "inbox_depth": int(inbox_depth),
+        "inbox_backlog": {
+            "deliveries": inbox_depth,
+            "bytes": inbox_bytes,
+            "max_deliveries": cfg.webhook.max_backlog,
+            "max_bytes": cfg.webhook.max_backlog_bytes,
+            "full": inbox_depth >= cfg.webhook.max_backlog or inbox_bytes >= cfg.webhook.max_backlog_bytes,
+        },
         "dead_letters": {"total": dead_total, "open": dead_open, "latest": latest},
         "fallback_switches": int(meta.get(META_MODE_SWITCHES, "0")),
         **feed,

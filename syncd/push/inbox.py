@@ -9,9 +9,13 @@ of fsyncs the disk can do, while a lone delivery is committed at once: no timer 
 latency, and commits never wait for the event loop to start the next one.
 
 Deduplication. The same event id is acknowledged once per delivery but stored once: an id
-already in `_events` (or earlier in the same batch) only bumps `deliveries`/`last_seen`.
-New ids get their `_events` row (outcome 'pending') in the same transaction as their
-`_inbox` row, so the dedupe key and the event can never be separated by a crash.
+already known (waiting in `_inbox`, applied in `_events`, or earlier in the same batch) only
+bumps `deliveries`/`last_seen`. A new id is one `_inbox` row, which is its dedupe key until
+the worker applies it and writes its `_events` row in the same transaction (acknowledge
+first, apply after: the ack path writes one row per delivery).
+
+Backlog. Deliveries not yet applied are bounded (syncd.push.backlog): past the bound a new
+delivery is refused (503 with Retry-After) before it reaches the queue.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import orjson
 from syncd.core.records import resource_for_event
 from syncd.errors import StoreClosedError, StoreError, SyncdError
 from syncd.metrics import Metrics
+from syncd.push.backlog import Backlog, BacklogFullError
 from syncd.store import events
 from syncd.store.db import Store
 from syncd.store.writer import Writer
@@ -97,7 +102,10 @@ class ParsedBodies:
     itself, so the bound, restarts and rows that came from disk change nothing but speed.
     An entry is taken once; the oldest go first when the bound is reached."""
 
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+    # Small: a parse takes several times its body's bytes, and while the worker defers a
+    # burst every acknowledged body would sit here until it is applied. A few thousand
+    # bodies cover a worker that keeps up; a backlog is parsed again when it is applied.
+    def __init__(self, max_bytes: int = 2 * 1024 * 1024) -> None:
         self._max_bytes = max_bytes
         self._items: dict[bytes, Any] = {}
         self._bytes = 0
@@ -134,13 +142,11 @@ class _Waiting:
 
 
 def commit_deliveries(store: Store, deliveries: Sequence[Delivery]) -> list[SubmitResult]:
-    """One transaction: new events into `_inbox` and `_events`, repeats counted. Runs on the
-    writer thread."""
+    """One transaction: new events into `_inbox`, repeats counted. Runs on the writer thread."""
     results: list[SubmitResult] = []
     with store.db.atomic():
         known = events.known_events(store.conn, [d.event_id for d in deliveries])
         inbox_rows: list[events.InboxRow] = []
-        new_events: list[events.NewEvent] = []
         repeats: list[tuple[float, str]] = []
         for d in deliveries:
             if d.event_id in known:
@@ -156,11 +162,11 @@ def commit_deliveries(store: Store, deliveries: Sequence[Delivery]) -> list[Subm
                     d.client,
                     orjson.dumps(d.headers, option=orjson.OPT_SORT_KEYS).decode(),
                     d.body,
+                    d.event_type,
+                    resource_for_event(d.event_type) if d.event_type else None,
                 )
             )
-            resource = resource_for_event(d.event_type) if d.event_type else None
-            new_events.append((d.event_id, d.event_type, resource, d.received_at))
-        events.add_deliveries(store.conn, inbox_rows, new_events, repeats)
+        events.add_deliveries(store.conn, inbox_rows, repeats)
     return results
 
 
@@ -183,11 +189,23 @@ class Inbox:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         guard: Callable[[], str | None] | None = None,
+        backlog: Backlog | None = None,
+        busy_waiting: int = 32,
     ) -> None:
         """`guard`, run on the writer thread before every commit, says why the store must not
-        take deliveries now (its file was removed or replaced), or None."""
+        take deliveries now (its file was removed or replaced), or None. `backlog`: the bound
+        on unapplied deliveries (unbounded by default; `start` reads its counts from the
+        store). `busy_waiting`: deliveries waiting for a commit at which the receiver counts
+        as saturated (`saturated_at`)."""
         if max_batch < 1 or max_waiting < 1:
             raise ValueError(f"max_batch ({max_batch}) and max_waiting ({max_waiting}) must be >= 1")
+        self.backlog = backlog if backlog is not None else Backlog(2**62, 2**62, metrics=metrics)
+        self._busy_waiting = busy_waiting
+        #: Bytes of the bodies submitted and not yet answered (with `_unanswered`).
+        self._unanswered_bytes = 0
+        #: When `busy_waiting` deliveries last waited for a commit at once (monotonic), or
+        #: None: the inbox worker holds back while the receiver is saturated.
+        self.saturated_at: float | None = None
         self._writer = writer
         self._max_batch = max_batch
         self._max_waiting = max_waiting
@@ -222,7 +240,14 @@ class Inbox:
         """Deliveries waiting for a commit, including those being committed."""
         return self._unanswered
 
+    def saturated(self, within: float = 0.1) -> bool:
+        """Whether `busy_waiting` deliveries waited for a commit at once in the last `within`
+        seconds: acknowledgements are what the process should spend itself on."""
+        at = self.saturated_at
+        return at is not None and time.monotonic() - at < within
+
     async def start(self) -> None:
+        self.backlog.load(*await self._writer.run(lambda store: events.inbox_backlog(store.conn)))
         self._loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
@@ -239,8 +264,15 @@ class Inbox:
             raise InboxCommitError([delivery.event_id], RuntimeError("the inbox is not running"))
         if self._unanswered >= self._max_waiting:
             raise InboxFullError(delivery.event_id, self._max_waiting)
+        size = len(delivery.body)
+        refusal = self.backlog.refusal(self._unanswered, self._unanswered_bytes, size)
+        if refusal is not None:
+            raise BacklogFullError(delivery.event_id, refusal)
         waiting = _Waiting(delivery, loop.create_future())
         self._unanswered += 1
+        self._unanswered_bytes += size
+        if self._unanswered >= self._busy_waiting:
+            self.saturated_at = time.monotonic()
         with self._lock:
             self._queue.append(waiting)
             start = not self._draining
@@ -278,15 +310,16 @@ class Inbox:
         self.committed += len(deliveries)
         self.last_delivery_at = self._clock()
         self.last_failure_at = self.last_failure = None
-        accepted = 0
+        accepted = accepted_bytes = 0
         for delivery, result in zip(deliveries, results, strict=True):
             if result == "accepted":
                 accepted += 1
+                accepted_bytes += len(delivery.body)
                 if delivery.parsed is not None:
                     parsed_bodies.put(delivery.body, delivery.parsed)
+        self.backlog.added(accepted, accepted_bytes)
         if self._metrics is not None:
             self._metrics.group_commit_size.observe(len(deliveries))
-            self._metrics.inbox_depth.inc(accepted)
             self._metrics.history.deliveries(self.last_delivery_at, len(deliveries))
         if accepted:
             for listener in self._listeners:
@@ -340,6 +373,7 @@ class Inbox:
     ) -> None:
         """On the event loop: resolve a committed (or failed) batch."""
         self._unanswered -= len(batch)
+        self._unanswered_bytes -= sum(len(w.delivery.body) for w in batch)
         if results is None:
             log.error("inbox commit of %d deliveries failed: %s", len(batch), error)
             self.last_failure_at = self._clock()

@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 from syncd.core.records import EventOutcome
 from syncd.metrics import Metrics
+from syncd.push.backlog import Backlog
 from syncd.push.processor import EventProcessor, InboxItem, RecordFetcher, Settled
 from syncd.store import dead_letters, events
 from syncd.store.apply import apply_batch
@@ -63,6 +65,7 @@ def commit_outcomes(store: Store, settled: Sequence[Settled], now: float) -> lis
                 if i in result.reasons:
                     s.reason = result.reasons[i]
         outcome_rows: list[events.OutcomeRow] = []
+        applied_rows: list[events.AppliedRow] = []
         for s in done:
             item = s.item
             version = s.change.version if s.change is not None else s.version
@@ -88,17 +91,16 @@ def commit_outcomes(store: Store, settled: Sequence[Settled], now: float) -> lis
                     outcome,
                     s.reason if outcome is EventOutcome.INVALID else None,
                 )
-            if item.event_id is not None:
+            if item.seq is not None:
+                applied_rows.append((s.event_type, s.resource, s.record_id, version, outcome, now, item.seq))
+            elif item.event_id is not None:
                 outcome_rows.append(
                     (outcome, s.event_type, s.resource, s.record_id, version, now, item.event_id)
                 )
         events.record_outcomes(store.conn, outcome_rows)
-        events.dequeue(store.conn, [s.item.seq for s in done if s.item.seq is not None])
+        # The inbox rows become `_events` rows (the dedupe key from now on) and leave the inbox.
+        events.settle_inbox(store.conn, applied_rows)
     return [s.outcome or EventOutcome.RETRY for s in settled]
-
-
-def _count_inbox(store: Store) -> int:
-    return events.inbox_depth(store.conn)
 
 
 class InboxWorker:
@@ -118,8 +120,21 @@ class InboxWorker:
         busy_interval: float = 0.01,
         busy_rows: int = 32,
         clock: Callable[[], float] = time.time,
+        backlog: Backlog | None = None,
+        saturated: Callable[[], bool] | None = None,
+        max_defer: float = 1.0,
+        defer_check: float = 0.05,
     ) -> None:
+        """`backlog` is lowered by what each batch applies. `saturated` says whether the
+        receiver is saturated now (`Inbox.saturated`); while it is, the worker applies one
+        batch per `max_defer` seconds at most and otherwise leaves the writer and the GIL to
+        acknowledgements, looking again every `defer_check` seconds."""
         self._writer = writer
+        self._backlog = backlog
+        self._saturated = saturated
+        self._max_defer = max_defer
+        self._defer_check = defer_check
+        self._last_batch_at = -math.inf
         self._busy_interval = busy_interval
         self._busy_rows = busy_rows
         self._processor = EventProcessor(client, fetch_thin=fetch_thin, clock=clock, metrics=metrics)
@@ -147,12 +162,16 @@ class InboxWorker:
 
     async def run(self) -> None:
         self._stopped = False
-        if self._metrics is not None:
-            self._metrics.inbox_depth.set(await self._writer.run(_count_inbox))
         while not self._stopped:
             self._wake.clear()
             if self._retry_at is not None and self._clock() >= self._retry_at:
                 self._after_seq, self._retry_at = 0, None
+            deferred = self._deferred()
+            if deferred > 0:
+                # Acknowledge first, apply after: a saturated receiver's deliveries wait in
+                # the inbox. Not on the wake event, which every commit sets.
+                await asyncio.sleep(min(deferred, self._defer_check))
+                continue
             try:
                 rows = await self._writer.run(load_inbox, self._after_seq, self._batch)
                 if rows:
@@ -174,6 +193,13 @@ class InboxWorker:
                 timeout = min(timeout, max(0.0, self._retry_at - self._clock()))
             await self._sleep(timeout)
 
+    def _deferred(self) -> float:
+        """How much longer to hold back the next batch: while the receiver is saturated,
+        until `max_defer` after the last batch; otherwise 0."""
+        if self._saturated is None or not self._saturated():
+            return 0.0
+        return max(0.0, self._last_batch_at + self._max_defer - self._clock())
+
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
@@ -188,7 +214,15 @@ class InboxWorker:
         settled = await self._processor.prepare(rows)
         now = self._clock()
         outcomes = await self._writer.run(commit_outcomes, settled, now)
+        self._last_batch_at = self._clock()
         self._processor.committed(settled)
+        if self._backlog is not None:
+            applied = [
+                s.item
+                for s, o in zip(settled, outcomes, strict=True)
+                if o is not EventOutcome.RETRY and s.item.seq is not None
+            ]
+            self._backlog.applied(len(applied), sum(len(item.body) for item in applied))
         self._after_seq = max(self._after_seq, rows[-1].seq or 0)
         retries = outcomes.count(EventOutcome.RETRY)
         if retries:
@@ -208,7 +242,6 @@ class InboxWorker:
         m = self._metrics
         if m is None:
             return
-        m.inbox_depth.dec(len(done))
         # Counted per batch: a labelled child costs a lock and a lookup per increment.
         by_outcome: Counter[str] = Counter()
         records: Counter[tuple[str, str]] = Counter()

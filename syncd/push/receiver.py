@@ -5,7 +5,8 @@ Order of checks (the first that fails answers): IP allowlist (403), rate limit p
 (429 + Retry-After), path (404), method (405), content type (415), body size, both the
 announced length and while streaming (413), signature over the raw bytes (401, the body
 never says which part failed), JSON envelope (400), durable inbox commit (200, or 503 when
-the store cannot commit or too many deliveries wait; in `syncd receive` the inbox is
+the store cannot commit, too many deliveries wait for a commit, or the backlog of
+unapplied deliveries is at `webhook.max_backlog`; in `syncd receive` the inbox is
 JetStream, and 503 means no PubAck in time). A payload that passes all that but
 is not a valid record is still acknowledged: the worker dead-letters it, since a provider
 would otherwise retry it for days. That includes a signed body nested too deep to parse:
@@ -39,6 +40,7 @@ from syncd.errors import RecordError
 from syncd.metrics import Metrics
 from syncd.push.admission import RateLimiter, in_networks, json_content_type, resolve_client
 from syncd.push.audit import AuditRow, AuditTrail, RejectionSampler
+from syncd.push.backlog import BacklogFullError
 from syncd.push.inbox import Delivery, DeliveryInbox, InboxCommitError, InboxFullError, InboxUnavailableError
 from syncd.signatures import Verifier, make_verifier
 
@@ -275,6 +277,9 @@ class WebhookReceiver:
                 outcome = await self._inbox.submit(delivery)
             except InboxFullError:
                 raise _Reject(503, "inbox_full", [(b"retry-after", b"1")]) from None
+            except BacklogFullError as exc:
+                retry = [(b"retry-after", str(exc.retry_after).encode())]
+                raise _Reject(503, "backlog_full", retry) from None
             except InboxCommitError:
                 raise _Reject(503, "store_unavailable", [(b"retry-after", b"5")]) from None
             except InboxUnavailableError as exc:

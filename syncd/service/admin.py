@@ -48,6 +48,11 @@ class ReadinessInputs:
     last_webhook_at: float | None
     #: Why the store cannot take writes right now (commits failing, file replaced), if so.
     store_problem: str | None = None
+    #: The inbox's unapplied deliveries and their bytes (None: no inbox), and whether they
+    #: are at `webhook.max_backlog`/`max_backlog_bytes` (new deliveries answered 503).
+    inbox_depth: int | None = None
+    inbox_bytes: int | None = None
+    backlog_full: bool = False
 
 
 def judge_readiness(
@@ -58,6 +63,11 @@ def judge_readiness(
         return False, "store is not open"
     if inputs.store_problem is not None:
         return False, inputs.store_problem
+    if inputs.backlog_full:
+        return False, (
+            f"inbox backlog full ({inputs.inbox_depth} deliveries, {inputs.inbox_bytes} bytes not yet"
+            " applied): new deliveries are answered 503"
+        )
     bound = factor * inputs.interval + slack
     recent = [
         (what, at)
@@ -89,7 +99,10 @@ def create_admin_app(
     async def ready() -> dict[str, Any]:
         inputs = await readiness()
         ready, reason = judge_readiness(inputs, clock(), slack=slack)
-        return {"ready": ready, "reason": reason, "mode": inputs.mode}
+        body: dict[str, Any] = {"ready": ready, "reason": reason, "mode": inputs.mode}
+        if inputs.inbox_depth is not None:
+            body["inbox_depth"], body["inbox_bytes"] = inputs.inbox_depth, inputs.inbox_bytes
+        return body
 
     return probe_app(metrics, ready, refresh=refresh, routes=routes)
 
@@ -170,9 +183,19 @@ class AdminProbe:
             return ReadinessInputs(False, modes.mode, modes.interval, None, None)
         successes = [s for _, s in snapshot.values()]
         oldest = None if any(s is None for s in successes) else min(s for s in successes if s is not None)
-        webhook = self._inbox.last_delivery_at if self._inbox is not None else None
+        inbox = self._inbox
+        webhook = inbox.last_delivery_at if inbox is not None else None
+        backlog = inbox.backlog if inbox is not None else None
         return ReadinessInputs(
-            True, modes.mode, modes.interval, oldest, webhook, self._store_problem(successes)
+            True,
+            modes.mode,
+            modes.interval,
+            oldest,
+            webhook,
+            self._store_problem(successes),
+            inbox_depth=None if backlog is None else backlog.depth,
+            inbox_bytes=None if backlog is None else backlog.bytes,
+            backlog_full=backlog is not None and backlog.full,
         )
 
     def _store_problem(self, poll_successes: list[float | None]) -> str | None:

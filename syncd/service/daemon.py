@@ -30,6 +30,7 @@ from syncd.logs import SecretRedactor
 from syncd.metrics import Metrics
 from syncd.poll.poller import Poller, PollResult
 from syncd.poll.scheduler import PollScheduler
+from syncd.push.backlog import Backlog
 from syncd.push.inbox import Inbox
 from syncd.service.admin import AdminProbe, create_admin_app
 from syncd.service.feed import FeedOptions, FeedService, open_store
@@ -223,7 +224,12 @@ class Daemon:
 
         activated = take_activated_sockets(push=self.push and cfg.webhook.inbox == "sqlite")
         inbox = (
-            Inbox(writer, metrics=self.metrics, guard=lambda: self._store_file_problem(store))
+            Inbox(
+                writer,
+                metrics=self.metrics,
+                guard=lambda: self._store_file_problem(store),
+                backlog=Backlog(cfg.webhook.max_backlog, cfg.webhook.max_backlog_bytes, metrics=self.metrics),
+            )
             if self.push
             else None
         )

@@ -46,11 +46,19 @@ async def start_push(
 ) -> Pushing:
     """The inbox and its worker, started; the receiver's listener bound and not serving yet
     (the daemon starts it last), or the consumer started."""
-    worker = InboxWorker(writer, client, fetch_thin=cfg.webhook.fetch_thin_events, metrics=metrics)
+    worker = InboxWorker(
+        writer,
+        client,
+        fetch_thin=cfg.webhook.fetch_thin_events,
+        metrics=metrics,
+        backlog=inbox.backlog,
+        saturated=inbox.saturated,
+    )
+    # Started first: it reads the backlog's counts, which the worker's applies then lower.
+    await inbox.start()
     worker_task = asyncio.create_task(worker.run(), name="syncd-inbox-worker")
     stops.push_async_callback(budget.finish, worker_task)
     stops.callback(worker.stop)
-    await inbox.start()
     stops.push_async_callback(lambda: budget.bounded(inbox.stop(), "inbox"))
     inbox.add_commit_listener(worker.wake)
     if cfg.webhook.inbox == "nats":

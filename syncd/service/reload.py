@@ -118,6 +118,8 @@ def retune(running: Running, previous: Config, live: Config) -> None:
     retune_client(running.client, previous, live)
     if running.push is not None and running.push.receiver is not None:
         running.push.receiver.update_settings(live.webhook, live.secrets.webhook_secrets)
+    if running.push is not None:
+        running.push.inbox.backlog.set_limits(live.webhook.max_backlog, live.webhook.max_backlog_bytes)
     running.modes.reconfigure(live)
     # The reload may have fixed a refused API key.
     running.scheduler.resume_stopped()

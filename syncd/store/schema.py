@@ -12,7 +12,7 @@ import sqlite_utils
 from syncd.contract import RESOURCES
 from syncd.store import changelog
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # -- _meta keys: written by the daemon and the poller, read by `syncd status` --------------
 META_SCHEMA_VERSION = "schema_version"
@@ -209,6 +209,29 @@ def _migrate_6(db: sqlite_utils.Database) -> None:
     db.execute("INSERT OR IGNORE INTO _meta (key, value) VALUES (?, ?)", (META_MIRROR_ID, str(uuid.uuid4())))
 
 
+def _migrate_7(db: sqlite_utils.Database) -> None:
+    # Acknowledge first, apply after: a delivery not yet applied is one `_inbox` row, which is
+    # its dedupe key (hence unique event ids) and carries what its `_events` row will start
+    # with; the worker writes that row when it applies the delivery. Pending `_events` rows of
+    # an older syncd move into their inbox rows.
+    db.execute("ALTER TABLE _inbox ADD COLUMN event_type TEXT")
+    db.execute("ALTER TABLE _inbox ADD COLUMN resource TEXT")
+    db.execute("ALTER TABLE _inbox ADD COLUMN last_seen REAL")
+    db.execute("ALTER TABLE _inbox ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 1")
+    db.execute(
+        "UPDATE _inbox SET (event_type, resource, last_seen, deliveries) ="
+        " (SELECT e.event_type, e.resource, e.last_seen, e.deliveries FROM _events e"
+        "  WHERE e.event_id = _inbox.event_id)"
+        " WHERE event_id IN (SELECT event_id FROM _events WHERE outcome = 'pending')"
+    )
+    db.execute("UPDATE _inbox SET last_seen = received_at WHERE last_seen IS NULL")
+    # Only a repeat of an id whose first copy was still waiting could share it; the first
+    # copy is the event.
+    db.execute("DELETE FROM _inbox WHERE seq NOT IN (SELECT MIN(seq) FROM _inbox GROUP BY event_id)")
+    db.execute("DELETE FROM _events WHERE outcome = 'pending' AND event_id IN (SELECT event_id FROM _inbox)")
+    db.execute("CREATE UNIQUE INDEX _inbox_event_id ON _inbox (event_id)")
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
     _migrate_2,
@@ -216,5 +239,6 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_4,
     _migrate_5,
     _migrate_6,
+    _migrate_7,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -47,6 +47,8 @@ BAD_VALUES: dict[str, Any] = {
     "webhook.secret_file": False,
     "webhook.tolerance": "5 minutes",
     "webhook.max_body": "1TiB",
+    "webhook.max_backlog": 0,
+    "webhook.max_backlog_bytes": "1025GiB",
     "webhook.allow_ips": ["10.0.0.300/8"],
     "webhook.trusted_proxies": "10.0.0.0/8",
     "webhook.rate_limit": "fast",

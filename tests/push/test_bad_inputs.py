@@ -20,6 +20,7 @@ from syncd.config import WebhookConfig
 from syncd.push.inbox_worker import InboxWorker
 from syncd.signatures import sign
 from tests.webhook_support import (
+    KNOWN_EVENT_IDS,
     PATH,
     SECRET,
     RunningReceiver,
@@ -72,7 +73,7 @@ async def assert_intact(rx: RunningReceiver, client: httpx.AsyncClient) -> None:
     response = await deliver(client, rx, "evt_after")
     assert response.status_code == 200
     assert response.json() == {"status": "accepted"}
-    stored = {r[0] for r in rx.query("SELECT event_id FROM _events")}
+    stored = {r[0] for r in rx.query(KNOWN_EVENT_IDS)}
     assert {"evt_prior", "evt_after"} <= stored
     assert {r[0] for r in rx.query("SELECT event_id FROM _inbox")} >= {"evt_prior", "evt_after"}
 
@@ -121,7 +122,7 @@ async def test_wrong_signature(tmp_path: Path) -> None:
             len(body),
         )
         await assert_intact(rx, client)
-        assert "evt_bad" not in {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        assert "evt_bad" not in {r[0] for r in rx.query(KNOWN_EVENT_IDS)}
 
 
 async def test_no_signature(tmp_path: Path) -> None:
@@ -188,7 +189,7 @@ async def test_replayed_standard_webhooks_delivery_outside_tolerance(tmp_path: P
             rx.url, content=fresh, headers={**fresh_headers, "Content-Type": "application/json"}
         )
         assert ok.status_code == 200
-        assert {"evt_prior", "evt_after"} <= {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        assert {"evt_prior", "evt_after"} <= {r[0] for r in rx.query(KNOWN_EVENT_IDS)}
 
 
 # -- size --------------------------------------------------------------------------------------
@@ -249,7 +250,7 @@ async def test_lying_short_content_length_with_a_body_over_the_cap(tmp_path: Pat
             with suppress(ConnectionError):
                 await writer.wait_closed()
         await assert_intact(rx, client)
-        assert "evt_big" not in {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        assert "evt_big" not in {r[0] for r in rx.query(KNOWN_EVENT_IDS)}
 
 
 async def test_chunked_body_over_the_cap(tmp_path: Path) -> None:
@@ -423,7 +424,7 @@ async def test_flood_from_one_ip(tmp_path: Path) -> None:
         assert response.status_code == 429
         assert response.headers["Retry-After"] == "1"
         assert (await last_audit(rx))[3:5] == (429, "rate_limited")
-        assert "evt_flood_x" not in {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        assert "evt_flood_x" not in {r[0] for r in rx.query(KNOWN_EVENT_IDS)}
         clock.now += 1.0  # a second later the bucket has refilled
         await assert_intact(rx, client)
 
@@ -444,7 +445,7 @@ async def test_request_from_a_disallowed_ip(tmp_path: Path) -> None:
         assert await last_audit(rx) == ("127.0.0.1", "POST", PATH, 403, "ip_not_allowed", None, 0)
         reconfigure(rx, allow_ips=["10.0.0.0/8", "127.0.0.0/8"])
         await assert_intact(rx, client)
-        assert "evt_ip" not in {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        assert "evt_ip" not in {r[0] for r in rx.query(KNOWN_EVENT_IDS)}
 
 
 async def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
@@ -467,4 +468,4 @@ async def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path:
         assert (await last_audit(rx))[:5] == ("10.1.2.3", "POST", PATH, 200, "accepted")
         reconfigure(rx, allow_ips=["127.0.0.0/8"], trusted_proxies=[])
         await assert_intact(rx, client)
-        assert "evt_spoof" not in {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        assert "evt_spoof" not in {r[0] for r in rx.query(KNOWN_EVENT_IDS)}

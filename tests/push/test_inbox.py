@@ -14,6 +14,8 @@ import pytest
 from syncd.metrics import Metrics
 from syncd.push.audit import AuditLog, AuditRow
 from syncd.push.inbox import Delivery, Inbox, InboxCommitError, InboxFullError
+from syncd.push.inbox_worker import InboxWorker
+from syncd.store import events
 from syncd.store.db import Store
 from syncd.store.writer import Writer
 from tests.webhook_support import envelope, read_db
@@ -49,12 +51,11 @@ async def test_concurrent_deliveries_share_few_commits_and_survive_reopen(
     assert metrics.registry.get_sample_value("syncd_inbox_group_commit_size_sum") == n
     # A fresh connection sees every acknowledged delivery.
     db = tmp_path / "mirror.db"
-    assert read_db(db, "SELECT COUNT(*) FROM _inbox")[0][0] == n
-    rows = read_db(
-        db, "SELECT event_id, outcome, deliveries, event_type, resource FROM _events ORDER BY event_id"
-    )
-    assert len(rows) == n
-    assert {r[1:] for r in rows} == {("pending", 1, "order.created", "orders")}
+    rows = read_db(db, "SELECT event_id, deliveries, event_type, resource, last_seen FROM _inbox")
+    assert len({r[0] for r in rows}) == n
+    assert {r[1:] for r in rows} == {(1, "order.created", "orders", 1000.0)}
+    # Acknowledging wrote one row per delivery: the inbox row is the dedupe key until applied.
+    assert read_db(db, "SELECT COUNT(*) FROM _events") == [(0,)]
 
 
 async def test_stored_headers_and_body_are_the_delivery(tmp_path: Path, writer: Writer) -> None:
@@ -84,13 +85,30 @@ async def test_duplicates_are_acknowledged_once_stored(tmp_path: Path, writer: W
     await inbox.stop()
     assert results == ["duplicate", "accepted", "duplicate"]
     db = tmp_path / "mirror.db"
-    assert read_db(db, "SELECT event_id FROM _inbox ORDER BY seq") == [("evt_a",), ("evt_b",)]
-    assert read_db(
-        db, "SELECT event_id, deliveries, first_seen, last_seen FROM _events ORDER BY event_id"
-    ) == [
+    assert read_db(db, "SELECT event_id, deliveries, received_at, last_seen FROM _inbox ORDER BY seq") == [
         ("evt_a", 2, 1000.0, 2000.0),
         ("evt_b", 2, 2000.0, 2001.0),
     ]
+
+
+async def test_applying_moves_the_dedupe_key_to_events_with_its_deliveries(
+    tmp_path: Path, writer: Writer
+) -> None:
+    inbox = Inbox(writer)
+    await inbox.start()
+    assert await inbox.submit(delivery("evt_a", 1000.0)) == "accepted"
+    assert await inbox.submit(delivery("evt_a", 1500.0)) == "duplicate"
+    await InboxWorker(writer, None, fetch_thin=False, backlog=inbox.backlog).drain()
+    db = tmp_path / "mirror.db"
+    assert read_db(db, "SELECT COUNT(*) FROM _inbox") == [(0,)]
+    assert inbox.backlog.depth == inbox.backlog.bytes == 0
+    # Applied, the id is still known: a later repeat is a duplicate, counted in `_events`.
+    assert await inbox.submit(delivery("evt_a", 3000.0)) == "duplicate"
+    await inbox.stop()
+    assert read_db(
+        db, "SELECT event_id, outcome, event_type, resource, deliveries, first_seen, last_seen FROM _events"
+    ) == [("evt_a", "applied", "order.created", "orders", 3, 1000.0, 3000.0)]
+    assert read_db(db, "SELECT COUNT(*) FROM _inbox") == [(0,)]
 
 
 async def test_dedupe_keys_are_pruned_after_retention_but_pending_ones_kept(
@@ -101,14 +119,19 @@ async def test_dedupe_keys_are_pruned_after_retention_but_pending_ones_kept(
     await inbox.start()
     await inbox.submit(delivery("evt_old", 1000.0))
     await inbox.submit(delivery("evt_done", 1000.0))
-    await writer.run(
-        lambda s: s.conn.execute("UPDATE _events SET outcome='applied' WHERE event_id='evt_done'")
-    )
+
+    def apply_done(store: Store) -> None:
+        (seq,) = store.conn.execute("SELECT seq FROM _inbox WHERE event_id='evt_done'").fetchone()
+        with store.db.atomic():
+            events.settle_inbox(store.conn, [(None, None, "1", 1, "applied", 1000.0, seq)])
+
+    await writer.run(apply_done)
     clock[0] = 1000.0 + 8 * 86400
     pruned = await inbox.prune(dedupe_retention=7 * 86400, audit_retention=7 * 86400)
     assert pruned == (1, 0)
-    # The pending one is still known, so a retry is still a duplicate.
+    # The pending one is still known, so a retry is still a duplicate; the pruned one is not.
     assert await inbox.submit(delivery("evt_old", clock[0])) == "duplicate"
+    assert await inbox.submit(delivery("evt_done", clock[0])) == "accepted"
     await inbox.stop()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,12 @@ async def put(writer: Writer, *bodies: tuple[str, bytes], received_at: float = 1
 
 
 def events(db: Path) -> dict[str, tuple[Any, ...]]:
-    rows = read_db(db, "SELECT event_id, outcome, resource, record_id, version FROM _events")
+    """Events by id: applied ones from `_events`, the ones still in the inbox as pending."""
+    rows = read_db(
+        db,
+        "SELECT event_id, outcome, resource, record_id, version FROM _events"
+        " UNION ALL SELECT event_id, 'pending', resource, NULL, NULL FROM _inbox",
+    )
     return {r[0]: r[1:] for r in rows}
 
 
@@ -201,3 +207,78 @@ async def test_replay_reapplies_dead_letters_that_have_become_valid(
     assert [(r.event_id, r.outcome) for r in again] == [("d4", "invalid")]
     only = await replay_dead_letters(writer, client, fetch_thin=True, ids=[letters[0][0]])
     assert [(r.event_id, r.outcome) for r in only] == [("d3", "duplicate")]
+
+
+async def test_while_the_receiver_is_saturated_the_worker_applies_one_batch_per_max_defer(
+    tmp_path: Path, writer: Writer
+) -> None:
+    clock = Clock()
+    saturated = [True]
+    inbox = Inbox(writer)
+    worker = InboxWorker(
+        writer,
+        None,
+        fetch_thin=False,
+        clock=clock,
+        idle_timeout=3600,
+        backlog=inbox.backlog,
+        saturated=lambda: saturated[0],
+        max_defer=1.0,
+        defer_check=0.005,
+    )
+    inbox.add_commit_listener(worker.wake)
+    await inbox.start()
+    task = asyncio.create_task(worker.run())
+    db = tmp_path / "mirror.db"
+
+    async def deliver(i: int) -> None:
+        await inbox.submit(Delivery(f"e{i}", clock.now, "c", {}, envelope(f"e{i}", data=order(i))))
+
+    try:
+        await deliver(1)
+        # The first batch goes at once: nothing was applied within max_defer.
+        await wait_for(lambda: events(db)["e1"][0] == "applied")
+        await deliver(2)
+        await deliver(3)
+        for _ in range(10):  # the worker looks every defer_check and holds back
+            await asyncio.sleep(0.005)
+        assert inbox.backlog.depth == 2
+        assert events(db)["e2"][0] == events(db)["e3"][0] == "pending"
+        # Still saturated, max_defer later: one batch (everything waiting fits in it).
+        clock.now += 1.0
+        await wait_for(lambda: inbox.backlog.depth == 0)
+        await deliver(4)
+        await asyncio.sleep(0.02)
+        assert events(db)["e4"][0] == "pending"
+        # The receiver is no longer saturated: applied at once.
+        saturated[0] = False
+        await wait_for(lambda: events(db)["e4"][0] == "applied")
+    finally:
+        worker.stop()
+        await task
+        await inbox.stop()
+
+
+async def test_the_inbox_is_saturated_once_busy_waiting_deliveries_wait_for_a_commit(
+    writer: Writer,
+) -> None:
+    inbox = Inbox(writer, busy_waiting=3)
+    await inbox.start()
+    gate = threading.Event()
+    writer.submit(lambda store: gate.wait(10))  # a slow disk: commits wait
+    waiting = [
+        asyncio.create_task(inbox.submit(Delivery(f"e{i}", 1.0, "c", {}, envelope(f"e{i}"))))
+        for i in range(2)
+    ]
+    await asyncio.sleep(0)
+    assert inbox.waiting == 2
+    assert not inbox.saturated()
+    waiting.append(asyncio.create_task(inbox.submit(Delivery("e2", 1.0, "c", {}, envelope("e2")))))
+    await asyncio.sleep(0)
+    assert inbox.saturated()
+    gate.set()
+    assert await asyncio.gather(*waiting) == ["accepted"] * 3
+    # It stays saturated for `within` after the last time, and not past it.
+    assert inbox.saturated(within=60)
+    assert not inbox.saturated(within=0)
+    await inbox.stop()

@@ -21,7 +21,14 @@ import pytest
 from syncd.config import LogConfig
 from syncd.logs import setup_logging
 from tests.push.test_bad_inputs import FrozenClock, assert_intact, prime, reconfigure
-from tests.webhook_support import PATH, RunningReceiver, envelope, running_receiver, signed_headers
+from tests.webhook_support import (
+    KNOWN_EVENT_IDS,
+    PATH,
+    RunningReceiver,
+    envelope,
+    running_receiver,
+    signed_headers,
+)
 
 CAP = 4096
 MAX_HEADERS = 12
@@ -97,7 +104,7 @@ async def test_header_bytes_at_the_cap_pass_and_one_over_gets_431(tmp_path: Path
             writer.write(f"POST {PATH} HTTP/1.1\r\nHost: x\r\nX-Big: ".encode() + b"b" * 2 * CAP)
             await writer.drain()
             assert status_of(await closed_by_server(reader)) == 431
-        events = {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        events = {r[0] for r in rx.query(KNOWN_EVENT_IDS)}
         assert "evt_cap" in events
         assert "evt_ovr" not in events
         await assert_intact(rx, client)
@@ -114,7 +121,7 @@ async def test_header_count_at_the_bound_passes_and_one_over_gets_431(tmp_path: 
         over, _, count = signed_request("evt_n_over", {**pads, "X-One-More": "v"})
         assert count == MAX_HEADERS + 1
         assert status_of(await exchange(rx, over)) == 431
-        events = {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        events = {r[0] for r in rx.query(KNOWN_EVENT_IDS)}
         assert "evt_n" in events
         assert "evt_n_over" not in events
         await assert_intact(rx, client)
@@ -154,7 +161,7 @@ async def test_a_body_dripped_past_the_body_timeout_gets_408_and_a_close(tmp_pat
             answer = await closed_by_server(reader)
             assert status_of(answer) == 408
             assert b"connection: close" in answer
-        events = {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        events = {r[0] for r in rx.query(KNOWN_EVENT_IDS)}
         assert "evt_pieces" in events
         assert "evt_drip" not in events
         await assert_intact(rx, client)
@@ -190,7 +197,7 @@ async def test_idle_connections_past_the_bound_make_room_for_a_delivery(tmp_path
                     writer.close()
                     with suppress(ConnectionError):
                         await writer.wait_closed()
-        assert "evt_room" in {r[0] for r in rx.query("SELECT event_id FROM _events")}
+        assert "evt_room" in {r[0] for r in rx.query(KNOWN_EVENT_IDS)}
         await assert_intact(rx, client)
 
 

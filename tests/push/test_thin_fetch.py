@@ -64,7 +64,12 @@ async def put(writer: Writer, *bodies: tuple[str, bytes], received_at: float = R
 
 
 def events(db: Path) -> dict[str, tuple[Any, ...]]:
-    rows = read_db(db, "SELECT event_id, outcome, record_id, version FROM _events")
+    """Events by id: applied ones from `_events`, the ones still in the inbox as pending."""
+    rows = read_db(
+        db,
+        "SELECT event_id, outcome, record_id, version FROM _events"
+        " UNION ALL SELECT event_id, 'pending', NULL, NULL FROM _inbox",
+    )
     return {r[0]: r[1:] for r in rows}
 
 

@@ -18,7 +18,7 @@ from syncd.poll.transactions import begin_initial_sync, commit_page, finish_list
 from syncd.store import changelog
 from syncd.store.apply import apply_batch
 from syncd.store.db import Store
-from syncd.store.schema import META_INITIAL_SYNC, META_MIRROR_ID
+from syncd.store.schema import META_INITIAL_SYNC, META_MIRROR_ID, SCHEMA_VERSION
 from syncd.store.writer import Writer
 
 SYNCED = "2026-12-01T10:00:00.123Z"
@@ -292,7 +292,7 @@ def test_a_v5_store_migrates_to_the_log(tmp_path: Path) -> None:
     old.close()
     store = Store(path)
     try:
-        assert store.schema_version() == 6
+        assert store.schema_version() == SCHEMA_VERSION
         assert store.recorder is not None
         apply_batch(store, [order(1, 2, "cancelled")], synced_at=SYNCED)
         [change] = logged(store)

@@ -191,6 +191,53 @@ def test_migration_from_version_1_keeps_the_data(tmp_path: Path) -> None:
         new.close()
 
 
+def test_migration_to_version_7_moves_pending_events_into_their_inbox_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = Store(path, migrate_to=6)
+    with old.db.atomic():
+        # A v6 store: every acknowledged delivery has an inbox row and a pending `_events`
+        # row; applied ones only the `_events` row.
+        old.conn.executemany(
+            "INSERT INTO _inbox (event_id, received_at, client, headers, body) VALUES (?, ?, 'c', '{}', ?)",
+            [("evt_wait", 100.0, b'{"a":1}'), ("evt_wait2", 110.0, b"{}")],
+        )
+        old.conn.executemany(
+            "INSERT INTO _events (event_id, event_type, resource, outcome, first_seen, last_seen, deliveries)"
+            " VALUES (?, 'order.created', 'orders', ?, ?, ?, ?)",
+            [
+                ("evt_wait", "pending", 100.0, 150.0, 3),
+                ("evt_wait2", "pending", 110.0, 110.0, 1),
+                ("evt_done", "applied", 50.0, 60.0, 1),
+            ],
+        )
+    old.close()
+
+    new = Store(path)
+    try:
+        assert new.schema_version() == SCHEMA_VERSION
+        assert new.conn.execute(
+            "SELECT event_id, event_type, resource, received_at, last_seen, deliveries FROM _inbox ORDER BY seq"
+        ).fetchall() == [
+            ("evt_wait", "order.created", "orders", 100.0, 150.0, 3),
+            ("evt_wait2", "order.created", "orders", 110.0, 110.0, 1),
+        ]
+        assert new.conn.execute("SELECT event_id, outcome FROM _events").fetchall() == [
+            ("evt_done", "applied")
+        ]
+        # Every id is still known, wherever it now lives, and the inbox takes no second copy.
+        assert known_events(new.conn, ["evt_wait", "evt_wait2", "evt_done", "evt_new"]) == {
+            "evt_wait",
+            "evt_wait2",
+            "evt_done",
+        }
+        with pytest.raises(sqlite3.IntegrityError):
+            new.conn.execute(
+                "INSERT INTO _inbox (event_id, received_at, client, headers, body) VALUES ('evt_wait', 1, '', '{}', x'')"
+            )
+    finally:
+        new.close()
+
+
 def test_migrating_twice_is_a_no_op(tmp_path: Path) -> None:
     Store(tmp_path / "m.db").close()
     again = Store(tmp_path / "m.db")
@@ -388,9 +435,14 @@ def test_prune_forgets_old_events_and_audit_rows_but_never_pending_ones(store: S
         [
             _event("old-applied", now - 8 * day, "applied"),
             _event("old-stale", now - 8 * day, "stale"),
-            _event("old-pending", now - 30 * day, "pending"),
             _event("recent", now - day, "applied"),
         ],
+    )
+    # Not applied yet: it lives in the inbox, whose rows no retention touches.
+    store.conn.execute(
+        "INSERT INTO _inbox (event_id, received_at, client, headers, body, last_seen)"
+        " VALUES ('old-pending', ?, '127.0.0.1', '{}', x'7b7d', ?)",
+        (now - 30 * day, now - 30 * day),
     )
     add_audit(
         store.conn,
