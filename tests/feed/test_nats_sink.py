@@ -14,12 +14,13 @@ import nats
 import nats.js.errors
 import orjson
 import pytest
+from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
 
 from syncd.config_nats import NatsConfig
 from syncd.feed.base import SinkError
 from syncd.feed.log import ConnectionChangeLog
-from syncd.feed.nats import NatsSink
+from syncd.feed.nats import NatsSink, _batch_headers, batch_frames, subject_of
 from syncd.feed.runner import ChangeNotifier, SinkRunner
 from syncd.jetstream import JetStreamLink, changes_stream
 from tests.nats_support import NatsCluster, free_port, running_cluster
@@ -203,3 +204,29 @@ async def test_a_server_that_went_away_mid_stream_fails_with_what_was_acked(
         assert err.value.delivered == 0
         assert "seq 3" in err.value.reason
         await sink.aclose()
+
+
+async def test_batch_frames_are_the_bytes_nats_py_would_send(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog],
+) -> None:
+    """The atomic batch's frames are built by syncd (nats-py's per-header checks cost most of
+    the sink's CPU); they must stay byte for byte what the client's own publish encodes,
+    for every event and resource, so a nats-py upgrade that changes the encoding fails here."""
+    conn, log = db
+    append_orders(conn, range(1, 4))
+    changes = list(await log.read_after(0, 3))
+    sent: list[bytes] = []
+
+    async def capture(cmd: bytes, priority: bool = False) -> None:
+        sent.append(bytes(cmd))
+
+    client = Client()
+    client._send_command = capture  # type: ignore[method-assign]
+    client._flush_queue = None
+    for index, change in enumerate(changes):
+        payload = change.to_json()
+        await client._send_publish(
+            subject_of(change), "", payload, len(payload), _batch_headers(change, "b" * 32, index)
+        )
+    assert batch_frames(changes, "b" * 32) == b"".join(sent)
+    assert batch_frames([], "b" * 32) == b""
