@@ -3,6 +3,8 @@ log's parts, each timed alone over the same 20,000 orders bench_feed's apply pha
 
 - off / on: apply_batch of the updates (batches of 1000) with the log off / on.
 - lookup: `changelog.last_states_of` for the updated records (the SQL and parsing `data`).
+- lookup_by_seq: the same rows read by primary key (seq), as they would be if each mirror
+  row kept its record's last seq: what that design would leave of the lookup.
 - changed: `changed_fields` of each update against its previous state.
 - row: `change_row` (the event, `changed` and both JSON texts; includes `changed`).
 - insert: `changelog.append_rows` of the built rows, with the (resource, record_id, seq)
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from bench_apply import BATCH, changes
 
-from syncd.core.changes import ChangeKind, change_row, changed_fields, rule_for
+from syncd.core.changes import ChangeKind, change_row, changed_fields, load_json, rule_for
 from syncd.store import changelog
 from syncd.store.apply import apply_batch
 from syncd.store.db import Store
@@ -56,6 +58,20 @@ def one_round(tmp: Path, n: int, out: dict[str, list[float]]) -> None:
                 states = changelog.last_states_of(store.conn, "orders", ids[start : start + BATCH])
                 previous.extend(states[i].data for i in ids[start : start + BATCH])
             took("lookup", started)
+            head = changelog.head(store.conn)
+            seqs = list(range(head - n + 1, head + 1))
+            started = time.process_time()
+            for start in range(0, n, BATCH):
+                chunk = seqs[start : start + BATCH]
+                for _chunk in (chunk[:500], chunk[500:]):
+                    marks = ",".join("?" * len(_chunk))
+                    rows_read = store.conn.execute(
+                        "SELECT record_id, version, kind = 'deleted', CAST(data AS BLOB) FROM _changes"
+                        f" WHERE seq IN ({marks})",
+                        _chunk,
+                    )
+                    [changelog.LastState(v, bool(d), load_json(b)) for _, v, d, b in rows_read]
+            took("lookup_by_seq", started)
             started = time.process_time()
             for prev, change in zip(previous, updates, strict=True):
                 changed_fields(prev, change.data)
