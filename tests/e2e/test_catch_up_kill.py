@@ -21,7 +21,9 @@ from tests.e2e.conftest import DaemonProcess, SimProcess, wait_until
 
 pytestmark = pytest.mark.slow
 
-CHANGES = 3000
+#: Workload steps; about half of them are webhook events (the rest are changes no event
+#: announces), so the backlog holds some 2,000 deliveries.
+CHANGES = 4000
 
 
 def inbox_depth(db: Path) -> int:
@@ -53,7 +55,6 @@ def test_a_kill_during_catch_up_of_a_backlog_loses_nothing_and_applies_once(
         sim.control(action="step", count=CHANGES)
         sim.control(action="quiesce", timeout=60)
         acked = sim.http.get("/_sim/acked").json()["event_ids"]
-        assert len(acked) > CHANGES // 2  # not every change of the workload is an event
         backlog = inbox_depth(db)
         assert backlog > 1000, f"only {backlog} deliveries held back"
         assert backlog <= len(acked)
