@@ -297,13 +297,15 @@ def states_at(conn: sqlite3.Connection, resource: str, ids_by_seq: Mapping[int, 
     for start in range(0, len(seqs), _MAX_IDS):
         chunk = seqs[start : start + _MAX_IDS]
         marks = ",".join("?" * len(chunk))
+        # The record is checked here, not in the WHERE: a condition on `resource` there lets
+        # the planner prefer any index on it over the primary key (3x slower with schema 7's).
         rows = conn.execute(
-            "SELECT seq, record_id, version, kind = 'deleted', CAST(data AS BLOB) FROM _changes"
-            f" WHERE seq IN ({marks}) AND resource = ?",
-            (*chunk, resource),
+            "SELECT seq, resource, record_id, version, kind = 'deleted', CAST(data AS BLOB) FROM _changes"
+            f" WHERE seq IN ({marks})",
+            chunk,
         )
-        for seq, record_id, version, deleted, data in rows:
+        for seq, of, record_id, version, deleted, data in rows:
             rid = ids_by_seq[seq]
-            if record_id == rid:
+            if record_id == rid and of == resource:
                 out[rid] = LastState(version, bool(deleted), load_json(data))
     return out
