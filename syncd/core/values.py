@@ -24,9 +24,6 @@ class StoredState(NamedTuple):
     source: str
     content: Mapping[str, Any] | None = None
     authority: int | None = None
-    #: The seq of the record's last change (`_seq`), read only while the change log is on;
-    #: None when it has none (or it was not read).
-    seq: int | None = None
 
 
 #: Values SQLite stores as they are; checked by exact type first because this runs for every

@@ -48,7 +48,6 @@ COLUMNS: dict[str, str] = {
     "_deleted": "1 once a full listing no longer returned the record (a tombstone).",
     "_deleted_at": "When the tombstone was set (RFC 3339, UTC).",
     "_listed": "The full-relist generation that last saw the record.",
-    "_seq": "The seq of the record's last change in _changes (NULL: none logged).",
 }
 
 #: Canned queries: (name, title, description, tables they need, SQL). `{recent}` becomes the

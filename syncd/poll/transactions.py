@@ -167,7 +167,7 @@ def finish_listing(
                 )
                 tombstoned = len(ids)
                 if store.recorder is not None and ids:
-                    store.recorder.record_tombstones(store, resource, ids, at=now)
+                    store.recorder.append(store, store.recorder.for_tombstones(store, resource, ids, at=now))
                 store.delete_meta(META_RELIST_HELD + resource)
             store.update_cursor_meta(resource, last_full_relist_at=at)
         store.update_cursor_meta(resource, last_success_at=at, last_changes=changes)

@@ -167,11 +167,9 @@ def _apply(
             by_resource[change.resource] = [change]
         else:
             group.append(change)
-    recorder = store.recorder
-    logging_on = recorder is not None
     stored: dict[tuple[str, RecordId], StoredState] = {}
     for resource, group in by_resource.items():
-        states = store.mirror_states(resource, [c.id for c in group], with_seq=logging_on)
+        states = store.mirror_states(resource, [c.id for c in group])
         if not states:
             continue
         # Only a same-version change compares content; a tombstoned copy is restored anyway.
@@ -183,25 +181,23 @@ def _apply(
         if same_version:
             for rid, content in store.mirror_contents(resource, same_version).items():
                 s = states[rid]
-                states[rid] = StoredState(s.version, s.deleted, s.source, content, s.authority, s.seq)
+                states[rid] = StoredState(s.version, s.deleted, s.source, content, s.authority)
         for rid, state in states.items():
             stored[(resource, rid)] = state
     plan = plan_batch(changes, stored)
     outcomes = plan.outcomes
-    # The log's rows are built before the writes (a record without a usable previous change
-    # is compared with its row as it was) and appended before them too: each mirror row
-    # then takes the seq of its change (`_seq`) in its own upsert.
-    seq_of: dict[int, int] = {}
-    if recorder is not None and plan.writes:
-        rows, logged = recorder.for_writes(store, changes, plan, stored, at=synced_at, initial=initial)
-        seq_of = dict(zip(logged, recorder.append(store, rows), strict=True))
+    recorder = store.recorder
+    # Built before the writes: a record without a usable previous change is compared with
+    # its row as it was.
+    logged = (
+        recorder.for_writes(store, changes, plan, stored, at=synced_at, initial=initial)
+        if recorder is not None and plan.writes
+        else ()
+    )
     writes: dict[str, list[tuple[Mapping[str, Any], int, str]]] = {}
-    seqs: dict[str, list[int | None]] = {}
     for i in plan.writes:
         change = changes[i]
         writes.setdefault(change.resource, []).append((change.data, change.version, change.source))
-        if logging_on:
-            seqs.setdefault(change.resource, []).append(seq_of.get(i))
         if outcomes[i] is Outcome.CONFLICT:
             log.warning(
                 "conflict: %s %r v%d differs from the stored copy; the %s copy wins by the ordering rule",
@@ -211,7 +207,10 @@ def _apply(
                 change.source,
             )
     for resource, records in writes.items():
-        store.write_records(resource, records, synced_at=synced_at, listed=listed, seqs=seqs.get(resource))
+        store.write_records(resource, records, synced_at=synced_at, listed=listed)
+    if logged:
+        assert recorder is not None
+        recorder.append(store, logged)
     confirms: dict[str, list[tuple[int, RecordId]]] = {}
     for i in plan.confirms:
         change = changes[i]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -40,8 +40,8 @@ DDL: Final = (
     " record_id NOT NULL, version INTEGER NOT NULL, previous_version INTEGER,"
     " source TEXT NOT NULL, changed TEXT, data TEXT NOT NULL, at TEXT NOT NULL,"
     " initial INTEGER NOT NULL DEFAULT 0)",
-    # No index on (resource, record_id): each mirror row keeps its record's last seq
-    # (`_seq`, schema 8), which is how the next change of a record finds its previous one.
+    # Chaining a record's next change (previous_version, changed) looks up its last one.
+    "CREATE INDEX IF NOT EXISTS _changes_record ON _changes (resource, record_id, seq)",
     "CREATE TABLE IF NOT EXISTS _sink_offsets (sink TEXT PRIMARY KEY,"
     " delivered_seq INTEGER NOT NULL, updated_at REAL NOT NULL)",
     # A dead letter keeps the whole change as JSON: the log may prune the row it came from.
@@ -236,13 +236,32 @@ def prune(conn: sqlite3.Connection, *, before_at: str, keep_after_seq: int, limi
 
 
 def last_change_of(conn: sqlite3.Connection, resource: str, record_id: RecordId) -> Change | None:
-    """The record's most recent change still in the log, None when it has none. A scan of
-    the log (it has no index by record): for checks and tools, not for the apply path,
-    which finds a record's last change through its mirror row's `_seq`."""
+    """The record's most recent change still in the log, None when it has none."""
     row = conn.execute(
         f"{_SELECT} WHERE resource = ? AND record_id = ? ORDER BY seq DESC LIMIT 1", (resource, record_id)
     ).fetchone()
     return None if row is None else Change.from_row(row)
+
+
+def last_changes_of(
+    conn: sqlite3.Connection, resource: str, record_ids: Sequence[RecordId]
+) -> dict[Any, Change]:
+    """`last_change_of` for many records of one resource at once (the apply path works in
+    batches), keyed by record id as stored."""
+    out: dict[Any, Change] = {}
+    for start in range(0, len(record_ids), _MAX_IDS):
+        chunk = record_ids[start : start + _MAX_IDS]
+        marks = ",".join("?" * len(chunk))
+        # The index on (resource, record_id, seq) answers MAX(seq) per id without a scan.
+        rows = conn.execute(
+            f"{_SELECT} WHERE seq IN (SELECT MAX(seq) FROM _changes WHERE resource = ?"
+            f" AND record_id IN ({marks}) GROUP BY record_id)",
+            (resource, *chunk),
+        )
+        for row in rows:
+            change = Change.from_row(row)
+            out[change.record_id] = change
+    return out
 
 
 #: A replay's outcomes (`mark_dead_letter_replayed`). A dead letter whose replay failed is
@@ -286,26 +305,22 @@ class LastState(NamedTuple):
     data: Any
 
 
-def states_at(conn: sqlite3.Connection, resource: str, ids_by_seq: Mapping[int, Any]) -> dict[Any, LastState]:
-    """The changes at the seqs of `ids_by_seq` (mirror rows' `_seq` -> their record ids),
-    reduced to `LastState` and keyed by record id. A seq the log pruned is left out, and so
-    is one that is not a change of that record (only a file edited by hand has one). Reads
-    by primary key; the recorder asks this for every record an update writes, and three
-    narrow columns plus `data` parsed cost about a third of building whole `Change`s."""
+def last_states_of(
+    conn: sqlite3.Connection, resource: str, record_ids: Sequence[RecordId]
+) -> dict[Any, LastState]:
+    """`last_changes_of` reduced to `LastState`, keyed the same way. The recorder asks this
+    for every record an update writes: reading three columns and parsing only `data` costs
+    about a third of building whole `Change`s."""
     out: dict[Any, LastState] = {}
-    seqs = list(ids_by_seq)
-    for start in range(0, len(seqs), _MAX_IDS):
-        chunk = seqs[start : start + _MAX_IDS]
+    for start in range(0, len(record_ids), _MAX_IDS):
+        chunk = record_ids[start : start + _MAX_IDS]
         marks = ",".join("?" * len(chunk))
-        # The record is checked here, not in the WHERE: a condition on `resource` there lets
-        # the planner prefer any index on it over the primary key (3x slower with schema 7's).
         rows = conn.execute(
-            "SELECT seq, resource, record_id, version, kind = 'deleted', CAST(data AS BLOB) FROM _changes"
-            f" WHERE seq IN ({marks})",
-            chunk,
+            "SELECT record_id, version, kind = 'deleted', CAST(data AS BLOB) FROM _changes WHERE seq IN"
+            " (SELECT MAX(seq) FROM _changes WHERE resource = ?"
+            f" AND record_id IN ({marks}) GROUP BY record_id)",
+            (resource, *chunk),
         )
-        for seq, of, record_id, version, deleted, data in rows:
-            rid = ids_by_seq[seq]
-            if record_id == rid and of == resource:
-                out[rid] = LastState(version, bool(deleted), load_json(data))
+        for record_id, version, deleted, data in rows:
+            out[record_id] = LastState(version, bool(deleted), load_json(data))
     return out

@@ -36,8 +36,6 @@ class MirrorTables:
         #: Per resource, field -> column (see `syncd.store.schema.column_for`), from `_fields`.
         self._fields: dict[str, dict[str, str]] = {}
         self._upserts: dict[str, tuple[tuple[str, ...], str]] = {}
-        #: The same upserts also setting `_seq`, for writes the change log records.
-        self._logged_upserts: dict[str, str] = {}
         self._schema_cookie = self._read_schema_cookie()
 
     def _read_schema_cookie(self) -> int:
@@ -58,7 +56,6 @@ class MirrorTables:
         self._columns.clear()
         self._fields.clear()
         self._upserts.clear()
-        self._logged_upserts.clear()
 
     def columns(self, resource: str) -> set[str]:
         cols = self._columns.get(resource)
@@ -107,7 +104,6 @@ class MirrorTables:
             taken.add(fold(col))
             mapping[name] = col
         self._upserts.pop(resource, None)
-        self._logged_upserts.pop(resource, None)
         self._schema_cookie = self._read_schema_cookie()
 
     def _upsert(self, resource: str) -> tuple[tuple[str, ...], str]:
@@ -122,26 +118,22 @@ class MirrorTables:
         names = ("id", *sorted(c for c in self.columns(resource) if c != "id" and c not in RESERVED_FIELDS))
         by_column = {col: name for name, col in self.field_columns(resource).items()}
         fields = tuple(by_column.get(n, n) for n in names)
-        cached = self._upserts[resource] = (fields, _upsert_sql(resource, names, logged=False))
-        self._logged_upserts[resource] = _upsert_sql(resource, names, logged=True)
-        return cached
-
-    def _logged_upsert(self, resource: str) -> str:
-        """`_upsert`'s statement with one more value, the `_seq` of the change logged with
-        the write (NULL for a write the log leaves out). A statement of its own, so the
-        mirror's writes with the log off bind and run exactly what they did without it."""
-        self._upsert(resource)
-        return self._logged_upserts[resource]
+        col_sql = ", ".join(quote(n) for n in names)
+        marks = ",".join("?" * (len(names) + 6))
+        updates = ", ".join(f"{quote(n)}=excluded.{quote(n)}" for n in names[1:])
+        sql = (
+            f"INSERT INTO {quote(resource)} ({col_sql}, _version, _source, _authority, _synced_at,"
+            f" _deleted, _listed) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates},"
+            " _version=excluded._version, _source=excluded._source, _authority=excluded._authority,"
+            " _synced_at=excluded._synced_at, _deleted=0, _deleted_at=NULL,"
+            " _listed=MAX(_listed, excluded._listed)"
+        )
+        self._upserts[resource] = (fields, sql)
+        return fields, sql
 
     # -- mirror -------------------------------------------------------------------------
 
-    def mirror_states(
-        self, resource: str, ids: Sequence[Any], *, with_seq: bool = False
-    ) -> dict[Any, StoredState]:
-        """The stored state of each of `ids` the table has; `with_seq` also reads `_seq`
-        (the change log's apply path), a query of its own so the log-off path stays as it is."""
-        if with_seq:
-            return self._mirror_states_with_seq(resource, ids)
+    def mirror_states(self, resource: str, ids: Sequence[Any]) -> dict[Any, StoredState]:
         out: dict[Any, StoredState] = {}
         for chunk in chunks(ids, 900):
             marks = ",".join("?" * len(chunk))
@@ -151,18 +143,6 @@ class MirrorTables:
                 chunk,
             ):
                 out[rid] = StoredState(version, deleted != 0, source, None, authority)
-        return out
-
-    def _mirror_states_with_seq(self, resource: str, ids: Sequence[Any]) -> dict[Any, StoredState]:
-        out: dict[Any, StoredState] = {}
-        for chunk in chunks(ids, 900):
-            marks = ",".join("?" * len(chunk))
-            for rid, version, deleted, source, authority, seq in self.conn.execute(
-                f"SELECT id, _version, _deleted, _source, _authority, _seq FROM {quote(resource)}"
-                f" WHERE id IN ({marks})",
-                chunk,
-            ):
-                out[rid] = StoredState(version, deleted != 0, source, None, authority, seq)
         return out
 
     def mirror_contents(self, resource: str, ids: Sequence[Any]) -> dict[Any, dict[str, Any]]:
@@ -189,11 +169,8 @@ class MirrorTables:
         *,
         synced_at: str,
         listed: int | None = None,
-        seqs: Sequence[int | None] | None = None,
     ) -> None:
-        """Insert or replace whole records. `records` holds (data, version, source).
-        `seqs`, with the change log on: each record's `_seq`, the seq of the change logged
-        with the write (None for one the log leaves out)."""
+        """Insert or replace whole records. `records` holds (data, version, source)."""
         if not records:
             return
         self._check_schema()
@@ -208,8 +185,6 @@ class MirrorTables:
                 seen.update(dict.fromkeys(data))
             self.ensure_columns(resource, seen)
         names, sql = self._upsert(resource)
-        if seqs is not None:
-            sql = self._logged_upsert(resource)
         listed_value = 0 if listed is None else listed
         conv = to_column_value
         plain = PLAIN_TYPES
@@ -219,9 +194,6 @@ class MirrorTables:
             row = [v if type(v) in plain else conv(v) for v in map(data.get, names)]
             row += (version, source, authority.get(source, 0), synced_at, 0, listed_value)
             rows.append(row)
-        if seqs is not None:
-            for row, seq in zip(rows, seqs, strict=True):
-                row.append(seq)
         try:
             self.conn.executemany(sql, rows)
         except UnicodeEncodeError:
@@ -231,11 +203,6 @@ class MirrorTables:
             for row in rows:
                 row[:] = [storable_text(v) if type(v) is str else v for v in row]
             self.conn.executemany(sql, rows)
-
-    def set_seqs(self, resource: str, rows: Sequence[tuple[int, Any]]) -> None:
-        """Point each record's `_seq` at the change just logged for it: `rows` holds
-        (seq, id). For writes that are not upserts (tombstones)."""
-        self.conn.executemany(f"UPDATE {quote(resource)} SET _seq=? WHERE id=?", rows)
 
     def raise_authority(self, resource: str, rows: Sequence[tuple[int, Any]]) -> None:
         """Record that a more authoritative source confirmed the stored state:
@@ -275,22 +242,6 @@ class MirrorTables:
     def _unlisted_args(generation: int, spare_since: str) -> tuple[int, float, float]:
         spare = to_epoch(spare_since)
         return generation, spare, spare
-
-
-def _upsert_sql(resource: str, names: Sequence[str], *, logged: bool) -> str:
-    """The upsert of whole records into `resource` with field columns `names`; `logged`
-    also sets `_seq` from one more value."""
-    col_sql = ", ".join(quote(n) for n in names)
-    extra = ", _seq" if logged else ""
-    marks = ",".join("?" * (len(names) + 6 + logged))
-    updates = ", ".join(f"{quote(n)}=excluded.{quote(n)}" for n in names[1:])
-    return (
-        f"INSERT INTO {quote(resource)} ({col_sql}, _version, _source, _authority, _synced_at,"
-        f" _deleted, _listed{extra}) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates},"
-        " _version=excluded._version, _source=excluded._source, _authority=excluded._authority,"
-        " _synced_at=excluded._synced_at, _deleted=0, _deleted_at=NULL,"
-        f" _listed=MAX(_listed, excluded._listed){', _seq=excluded._seq' if logged else ''}"
-    )
 
 
 def mirror_counts(conn: sqlite3.Connection, resource: str) -> tuple[int, int]:

@@ -3,11 +3,9 @@
 `apply_batch` and the relist's tombstoning call a `ChangeRecorder` inside their own
 transaction, so a change commits with its mirror write or not at all, and a rolled-back
 write gives its seqs back. What a change says (kind, event, `changed`) is decided against
-the record's previous change in the log: its exact JSON. The mirror row points at that
-change: its `_seq`, written with every change the log records, in the same transaction
-(and rolled back with it). A record with no usable previous change (mirrored before the
-log, created by an initial sync the log leaves out, written while the log was off, pruned)
-is compared with the mirror's row instead (`syncd.core.mirror_state`).
+the record's previous change in the log: its exact JSON. A record with no usable previous
+change (mirrored before the log, created by an initial sync the log leaves out, pruned) is
+compared with the mirror's row instead (`syncd.core.mirror_state`).
 
 The writer thread owns the recorder. After a job that appended changes commits, the writer
 calls the recorder's listeners (`syncd.store.writer`), which is how sink runners learn of
@@ -84,14 +82,11 @@ class ChangeRecorder:
         *,
         at: str,
         initial: bool = False,
-    ) -> tuple[list[Row], list[int]]:
-        """The log rows of the records `plan` writes, in its order, and for each row the
-        index into `changes` of the write it logs (a write the log leaves out has none);
-        read before the writes (the mirror's rows are the fallback previous states).
-        `stored` must come from `mirror_states(..., with_seq=True)`. `initial`: the batch is
-        part of the first full sync of an empty mirror."""
+    ) -> list[Row]:
+        """The log rows of the records `plan` writes, in its order; read before the writes
+        (the mirror's rows are the fallback previous states). `initial`: the batch is part
+        of the first full sync of an empty mirror."""
         picked: list[tuple[RecordChange, ChangeKind, StoredState | None]] = []
-        which: list[int] = []
         earlier: dict[str, list[RecordId]] = {}
         for i in plan.writes:
             change = changes[i]
@@ -104,9 +99,8 @@ class ChangeRecorder:
                 kind = ChangeKind.RESTORED if state.deleted else ChangeKind.UPDATED
                 earlier.setdefault(change.resource, []).append(change.id)
             picked.append((change, kind, state))
-            which.append(i)
         if not picked:
-            return [], []
+            return []
         logged, mirrored = self._previous_states(store, earlier, stored)
         mirror, created = self.mirror_id, ChangeKind.CREATED
         # Rows straight from the record changes (`change_row`): a `NewChange` per row, its
@@ -136,29 +130,15 @@ class ChangeRecorder:
                     initial and kind is created,
                 )
             )
-        return rows, which
+        return rows
 
-    def record_tombstones(self, store: Store, resource: str, ids: Sequence[Any], *, at: str) -> None:
-        """Log the `deleted` changes of records a relist just tombstoned (in its
-        transaction), and point their rows' `_seq` at them: a record seen again is restored
-        against the deleted change, which carries its last known state."""
-        rows, logged = self.for_tombstones(store, resource, ids, at=at)
-        seqs = self.append(store, rows)
-        store.set_seqs(resource, list(zip(seqs, logged, strict=True)))
-
-    def for_tombstones(
-        self, store: Store, resource: str, ids: Sequence[Any], *, at: str
-    ) -> tuple[list[Row], list[Any]]:
-        """The `deleted` changes of records a relist just tombstoned, and the id each is
-        of: each carries the record's last known data and version
-        (`version == previous_version`)."""
+    def for_tombstones(self, store: Store, resource: str, ids: Sequence[Any], *, at: str) -> list[Row]:
+        """The `deleted` changes of records a relist just tombstoned: each carries the record's
+        last known data and version (`version == previous_version`)."""
         rows: list[Row] = []
-        logged_ids: list[Any] = []
         rule = rule_for(resource)
         for chunk in chunks(ids, 500):
-            states = {
-                (resource, rid): s for rid, s in store.mirror_states(resource, chunk, with_seq=True).items()
-            }
+            states = {(resource, rid): s for rid, s in store.mirror_states(resource, chunk).items()}
             logged, mirrored = self._previous_states(store, {resource: list(chunk)}, states, deleted_ok=True)
             for rid in chunk:
                 state = states.get((resource, rid))
@@ -183,16 +163,12 @@ class ChangeRecorder:
                         False,
                     )
                 )
-                logged_ids.append(rid)
-        return rows, logged_ids
+        return rows
 
-    def append(self, store: Store, rows: Sequence[Row]) -> list[int]:
-        """Insert `rows` into the log; returns their seqs, in order."""
-        if not rows:
-            return []
-        seqs = changelog.append_rows(store.conn, rows)
-        self.appended = True
-        return seqs
+    def append(self, store: Store, rows: Sequence[Row]) -> None:
+        if rows:
+            changelog.append_rows(store.conn, rows)
+            self.appended = True
 
     # -- previous states --------------------------------------------------------------------
 
@@ -213,7 +189,7 @@ class ChangeRecorder:
         mirror_out: dict[_KEY, dict[str, Any]] = {}
         for resource, id_iter in ids_by_resource.items():
             ids = list(id_iter)
-            logged = self._last_states(store, resource, ids, stored)
+            logged = changelog.last_states_of(store.conn, resource, ids)
             from_mirror: list[Any] = []
             for rid in ids:
                 state = stored[(resource, rid)]
@@ -230,20 +206,6 @@ class ChangeRecorder:
                 for rid, content in store.mirror_contents(resource, from_mirror).items():
                     mirror_out[(resource, rid)] = content
         return logged_out, mirror_out
-
-    def _last_states(
-        self, store: Store, resource: str, ids: Sequence[Any], stored: Mapping[_KEY, StoredState]
-    ) -> dict[Any, changelog.LastState]:
-        """The last change of each of `ids` as its mirror row's `_seq` points at it, keyed by
-        id; one the log pruned is missing. The caller checks that it is the stored state
-        (version, deletedness): a `_seq` left from before the log was turned off points at
-        an older state."""
-        ids_by_seq = {}
-        for rid in ids:
-            seq = stored[(resource, rid)].seq
-            if seq is not None:
-                ids_by_seq[seq] = rid
-        return changelog.states_at(store.conn, resource, ids_by_seq) if ids_by_seq else {}
 
 
 #: A change's source as the log stores it, without building a `ChangeSource` per change;

@@ -12,7 +12,7 @@ import sqlite_utils
 from syncd.contract import RESOURCES
 from syncd.store import changelog
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 7
 
 # -- _meta keys: written by the daemon and the poller, read by `syncd status` --------------
 META_SCHEMA_VERSION = "schema_version"
@@ -46,7 +46,6 @@ BOOKKEEPING_COLUMNS = (
     "_deleted",
     "_deleted_at",
     "_listed",
-    "_seq",
 )
 #: Columns that hold bookkeeping; a record field of the same name is kept under a mapped
 #: column name (see `column_for`).
@@ -207,8 +206,6 @@ def _migrate_6(db: sqlite_utils.Database) -> None:
     # mirror that every change carries. A copy of the file keeps the identity; a new store
     # gets a new one.
     changelog.create_tables(db.conn)
-    # As released: schema 8 replaces this index with each mirror row's `_seq`.
-    db.execute("CREATE INDEX IF NOT EXISTS _changes_record ON _changes (resource, record_id, seq)")
     db.execute("INSERT OR IGNORE INTO _meta (key, value) VALUES (?, ?)", (META_MIRROR_ID, str(uuid.uuid4())))
 
 
@@ -235,30 +232,6 @@ def _migrate_7(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX _inbox_event_id ON _inbox (event_id)")
 
 
-def _migrate_8(db: sqlite_utils.Database) -> None:
-    # Each mirror row keeps the seq of its record's last change (`_seq`), so chaining the
-    # next change reads that change by primary key instead of through an index on
-    # (resource, record_id, seq), which every appended change had to update. The backfill is
-    # what the index answered (the record's greatest seq still in the log); rows without a
-    # change keep NULL and fall back to the mirror row, as they did. A field of a record
-    # that was already called `_seq` moves to a column of its own first (`column_for`).
-    for resource in RESOURCES:
-        table = quote(resource)
-        columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()]
-        clash = next((c for c in columns if fold(c) == fold("_seq")), None)
-        if clash is not None:
-            new = column_for(clash, {fold(c) for c in columns})
-            db.execute(f"ALTER TABLE {table} RENAME COLUMN {quote(clash)} TO {quote(new)}")
-            db.execute("UPDATE _fields SET col = ? WHERE resource = ? AND col = ?", (new, resource, clash))
-        db.execute(f"ALTER TABLE {table} ADD COLUMN _seq INTEGER")
-        db.execute(
-            f"UPDATE {table} SET _seq = (SELECT MAX(seq) FROM _changes"
-            f" WHERE resource = ? AND record_id = {table}.id)",
-            (resource,),
-        )
-    db.execute("DROP INDEX IF EXISTS _changes_record")
-
-
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_1,
     _migrate_2,
@@ -267,6 +240,5 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_5,
     _migrate_6,
     _migrate_7,
-    _migrate_8,
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION

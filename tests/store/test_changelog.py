@@ -109,9 +109,11 @@ def test_last_change_chains_a_record(conn: sqlite3.Connection) -> None:
     assert (last.seq, last.event, last.previous_version) == (3, "order.shipped", 1)
     assert last.changed == {"status": {"from": "placed", "to": "shipped"}}
     assert changelog.last_change_of(conn, "orders", 99) is None
+    many = changelog.last_changes_of(conn, "orders", [1, 2, 99, *range(1000, 1600)])
+    assert {rid: c.seq for rid, c in many.items()} == {1: 3, 2: 2}
 
 
-def test_states_at_agree_with_the_changes_at_those_seqs(conn: sqlite3.Connection) -> None:
+def test_last_states_agree_with_last_changes(conn: sqlite3.Connection) -> None:
     big = {"id": 3, "status": "placed", "version": 1, "total": 2**70}
     deleted = new_change(
         mirror="m-1",
@@ -140,19 +142,16 @@ def test_states_at_agree_with_the_changes_at_those_seqs(conn: sqlite3.Connection
         at=at(1),
     )
     commit(conn, [deleted, created])
-    # Seqs past the head (pruned or never written) are left out, and a seq of another
-    # record's change; more than one IN list's worth.
-    ids_by_seq = {5: 3, 3: 1, 4: 2, 2: 7, 99: 8, **{seq: seq for seq in range(1000, 1600)}}
-    states = changelog.states_at(conn, "orders", ids_by_seq)
-    changes = {c.record_id: c for c in changelog.read_after(conn, 0, 100) if c.seq in (3, 4, 5)}
+    ids = [1, 2, 3, 99, "1"]
+    states = changelog.last_states_of(conn, "orders", ids)
+    changes = changelog.last_changes_of(conn, "orders", ids)
     assert states == {
         rid: changelog.LastState(c.version, c.kind is ChangeKind.DELETED, c.data)
         for rid, c in changes.items()
     }
-    assert set(states) == {1, 2, 3}
     assert (states[1].version, states[1].deleted, states[2].deleted) == (2, False, True)
     assert states[3].data["total"] == 2**70
-    assert changelog.states_at(conn, "customers", {3: 1}) == {}
+    assert set(states) == {1, 2, 3}
 
 
 def test_offsets(conn: sqlite3.Connection) -> None:

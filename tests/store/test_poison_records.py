@@ -44,8 +44,8 @@ from syncd.timefmt import format_epoch
 from tests.poll_helpers import cursor_of, make_config, write_config_file
 from tests.webhook_support import envelope, order, running_receiver, serve_app, signed_headers
 
-#: Columns of a fresh orders table: id, the contract's eight fields, eight bookkeeping ones.
-ORDERS_COLUMNS = 17
+#: Columns of a fresh orders table: id, the contract's eight fields, seven bookkeeping ones.
+ORDERS_COLUMNS = 16
 COLUMN_LIMIT = sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_COLUMN)
 
 
