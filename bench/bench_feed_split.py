@@ -2,18 +2,18 @@
 log's parts, each timed alone over the same 20,000 orders bench_feed's apply phase updates.
 
 - off / on: apply_batch of the updates (batches of 1000) with the log off / on.
-- lookup: the recorder's read of each updated record's last change, by the seq its mirror
-  row keeps (`_seq`): the SQL by primary key and parsing `data`.
-- lookup_by_index: the same changes found the way schema 7 found them, through an index on
-  (resource, record_id, seq), built for this (what `_seq` replaced).
+- lookup: `changelog.last_states_of` for the updated records (the SQL and parsing `data`).
+- lookup_by_seq: the same rows read by primary key (seq), as they would be if each mirror
+  row kept its record's last seq: what that design would leave of the lookup.
 - changed: `changed_fields` of each update against its previous state.
 - row: `change_row` (the event, `changed` and both JSON texts; includes `changed`).
-- insert: `changelog.append_rows` of the built rows (no index, as schema 8 has it);
-  insert_index: the same with schema 7's index on the table.
+- insert: `changelog.append_rows` of the built rows, with the (resource, record_id, seq)
+  index; insert_noindex: the same after dropping it.
 - floor: the INSERT alone into a bare `_changes` table, rows pre-built (no index).
 
-Every part runs under the daemon's collector settings (`serving_heap`), as `syncd run`'s
-apply does.
+Both lookups start from a checkpointed file and keep the states they parse (as the recorder
+does until the batch is written), and every part runs under the daemon's collector settings
+(`serving_heap`), as `syncd run`'s apply does.
 
 Prints one JSON line of medians over the rounds: {"name": "change feed split", ...}.
 """
@@ -38,8 +38,6 @@ from syncd.store.db import Store
 from syncd.timefmt import format_epoch
 
 AT = "2026-12-02T00:00:00.000Z"
-#: Schema 7's index of the log by record, which `_seq` replaced.
-_INDEXED = "resource, record_id, seq"
 
 
 def one_round(tmp: Path, n: int, out: dict[str, list[float]]) -> None:
@@ -59,44 +57,29 @@ def one_round(tmp: Path, n: int, out: dict[str, list[float]]) -> None:
             took(side, started)
             if side == "off":
                 continue
-            stored = {
-                ("orders", rid): state
-                for start in range(0, n, BATCH)
-                for rid, state in store.mirror_states(
-                    "orders", ids[start : start + BATCH], with_seq=True
-                ).items()
-            }
-            recorder = store.recorder
-            assert recorder is not None
-            # Both lookups read the changes from the database file, not some from the WAL.
             store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             started = time.process_time()
             previous = []
             for start in range(0, n, BATCH):
-                chunk = ids[start : start + BATCH]
-                states = recorder._last_states(store, "orders", chunk, stored)
-                previous.extend(states[i].data for i in chunk)
+                states = changelog.last_states_of(store.conn, "orders", ids[start : start + BATCH])
+                previous.extend(states[i].data for i in ids[start : start + BATCH])
             took("lookup", started)
-            store.conn.execute(f"CREATE INDEX _changes_record ON _changes ({_INDEXED})")
+            head = changelog.head(store.conn)
+            seqs = list(range(head - n + 1, head + 1))
             store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            # Kept like `previous` above: holding 20,000 parsed states costs what dropping
-            # each at once does not.
             kept = []
             started = time.process_time()
             for start in range(0, n, BATCH):
-                chunk = ids[start : start + BATCH]
-                for part in (chunk[:500], chunk[500:]):
-                    marks = ",".join("?" * len(part))
+                chunk = seqs[start : start + BATCH]
+                for _chunk in (chunk[:500], chunk[500:]):
+                    marks = ",".join("?" * len(_chunk))
                     rows_read = store.conn.execute(
                         "SELECT record_id, version, kind = 'deleted', CAST(data AS BLOB) FROM _changes"
-                        " WHERE seq IN (SELECT MAX(seq) FROM _changes WHERE resource = 'orders'"
-                        f" AND record_id IN ({marks}) GROUP BY record_id)",
-                        part,
+                        f" WHERE seq IN ({marks})",
+                        _chunk,
                     )
-                    found = {r: changelog.LastState(v, bool(d), load_json(b)) for r, v, d, b in rows_read}
-                    kept.extend(found[i].data for i in part)
-            took("lookup_by_index", started)
-            store.conn.execute("DROP INDEX _changes_record")
+                    kept.extend(changelog.LastState(v, bool(d), load_json(b)) for _, v, d, b in rows_read)
+            took("lookup_by_seq", started)
             started = time.process_time()
             for prev, change in zip(previous, updates, strict=True):
                 changed_fields(prev, change.data)
@@ -110,9 +93,9 @@ def one_round(tmp: Path, n: int, out: dict[str, list[float]]) -> None:
                 for prev, c in zip(previous, updates, strict=True)
             ]
             took("row", started)
-            for label in ("insert", "insert_index"):
-                if label == "insert_index":
-                    store.conn.execute(f"CREATE INDEX _changes_record ON _changes ({_INDEXED})")
+            for label in ("insert", "insert_noindex"):
+                if label == "insert_noindex":
+                    store.conn.execute("DROP INDEX _changes_record")
                 started = time.process_time()
                 with store.db.atomic():
                     for start in range(0, n, BATCH):
