@@ -11,6 +11,10 @@ log's parts, each timed alone over the same 20,000 orders bench_feed's apply pha
   index; insert_noindex: the same after dropping it.
 - floor: the INSERT alone into a bare `_changes` table, rows pre-built (no index).
 
+Both lookups start from a checkpointed file and keep the states they parse (as the recorder
+does until the batch is written), and every part runs under the daemon's collector settings
+(`serving_heap`), as `syncd run`'s apply does.
+
 Prints one JSON line of medians over the rounds: {"name": "change feed split", ...}.
 """
 
@@ -27,6 +31,7 @@ from pathlib import Path
 from bench_apply import BATCH, changes
 
 from syncd.core.changes import ChangeKind, change_row, changed_fields, load_json, rule_for
+from syncd.service.gc_tuning import serving_heap
 from syncd.store import changelog
 from syncd.store.apply import apply_batch
 from syncd.store.db import Store
@@ -52,6 +57,7 @@ def one_round(tmp: Path, n: int, out: dict[str, list[float]]) -> None:
             took(side, started)
             if side == "off":
                 continue
+            store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             started = time.process_time()
             previous = []
             for start in range(0, n, BATCH):
@@ -60,6 +66,8 @@ def one_round(tmp: Path, n: int, out: dict[str, list[float]]) -> None:
             took("lookup", started)
             head = changelog.head(store.conn)
             seqs = list(range(head - n + 1, head + 1))
+            store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            kept = []
             started = time.process_time()
             for start in range(0, n, BATCH):
                 chunk = seqs[start : start + BATCH]
@@ -70,7 +78,7 @@ def one_round(tmp: Path, n: int, out: dict[str, list[float]]) -> None:
                         f" WHERE seq IN ({marks})",
                         _chunk,
                     )
-                    [changelog.LastState(v, bool(d), load_json(b)) for _, v, d, b in rows_read]
+                    kept.extend(changelog.LastState(v, bool(d), load_json(b)) for _, v, d, b in rows_read)
             took("lookup_by_seq", started)
             started = time.process_time()
             for prev, change in zip(previous, updates, strict=True):
@@ -116,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     out: dict[str, list[float]] = {}
     for _ in range(args.rounds):
-        with tempfile.TemporaryDirectory(prefix="bench-feed-split-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench-feed-split-") as tmp, serving_heap():
             one_round(Path(tmp), args.records, out)
     print(
         json.dumps(

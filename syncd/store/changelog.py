@@ -97,8 +97,13 @@ def read_after(
         if not names:
             return []
         marks = ",".join("?" * len(names))
+        # NOT INDEXED: on its own SQLite takes the index by record for `resource IN` and sorts
+        # every change of those resources to return the first `limit` after `seq`, so reading
+        # a resource's changes in batches costs the square of its changes; by seq the read
+        # stops at the limit (`syncd changes --resource orders` over 60,000 order changes:
+        # 0.94 s CPU -> 0.50; over 180,000: 5.44 s -> 1.51).
         rows = conn.execute(
-            f"{_SELECT} WHERE seq > ? AND resource IN ({marks}) ORDER BY seq LIMIT ?",
+            f"{_SELECT} NOT INDEXED WHERE seq > ? AND resource IN ({marks}) ORDER BY seq LIMIT ?",
             (seq, *names, limit),
         )
     return [Change.from_row(row) for row in rows]

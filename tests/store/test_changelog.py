@@ -97,6 +97,23 @@ def test_read_after_by_resource(conn: sqlite3.Connection) -> None:
     assert changelog.read_after(conn, 0, 10, resources=[]) == []
 
 
+def test_read_after_by_resource_reads_by_seq_not_through_the_record_index(conn: sqlite3.Connection) -> None:
+    """Through the index by record, every batch would sort all of the resource's changes: a
+    read of a resource's changes in batches would cost the square of their number."""
+    commit(conn, [change(i) for i in range(1, 50)])
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        assert len(changelog.read_after(conn, 10, 5, resources=["orders"])) == 5
+    finally:
+        conn.set_trace_callback(None)
+    [select] = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + select))
+    assert "INTEGER PRIMARY KEY" in plan, plan
+    assert "_changes_record" not in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+
+
 def test_last_change_chains_a_record(conn: sqlite3.Connection) -> None:
     first = change(1, 1)
     commit(conn, [first, change(2, 1)])
