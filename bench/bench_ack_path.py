@@ -63,13 +63,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU of `pid` and its live descendants (the receiver's own process), all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            total += cpu_seconds(int(child))
-    return total
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_deliveries(path: Path, prefix: str, n: int) -> None:
@@ -82,22 +77,19 @@ def write_deliveries(path: Path, prefix: str, n: int) -> None:
 class Daemon:
     """The simulator and `syncd run` on it, the daemon registered for the simulator's webhooks."""
 
-    def __init__(self, work: Path, *, receiver_process: bool = False) -> None:
-        name = "child" if receiver_process else "daemon"
+    def __init__(self, work: Path) -> None:
         self.sim = SimProcess(
-            ["--rate", "20", "--preload-orders", "2000", "--preload-customers", "200"],
-            work / f"sim-{name}.log",
+            ["--rate", "20", "--preload-orders", "2000", "--preload-customers", "200"], work / "sim.log"
         )
-        (work / name).mkdir()
-        sections = daemon_sections(self.sim.url, work / name)
-        for section, values in SECTIONS.items():
-            sections.setdefault(section, {}).update(values)
-        sections["webhook"]["receiver_process"] = receiver_process
-        self.proc = DaemonProcess(work / name, sections, env={"PETSTORE_WEBHOOK_SECRET": SECRET})
+        (work / "daemon").mkdir()
+        sections = daemon_sections(self.sim.url, work / "daemon")
+        for name, values in SECTIONS.items():
+            sections.setdefault(name, {}).update(values)
+        self.proc = DaemonProcess(work / "daemon", sections, env={"PETSTORE_WEBHOOK_SECRET": SECRET})
         assert self.proc.webhook_url is not None
         self.port = int(self.proc.webhook_url.split(":")[2].split("/")[0])
         self.pid = self.proc.pid
-        self.db = work / name / "mirror.db"
+        self.db = work / "daemon" / "mirror.db"
         self.sim.register_webhook(self.proc.webhook_url, secret=SECRET)
 
     def backlog(self) -> int:
@@ -135,43 +127,6 @@ def p99_bound(before: dict[float, float], after: dict[float, float]) -> tuple[fl
     return float("inf"), total
 
 
-def burst_and_steady(
-    daemon: Daemon, work: Path, script: Path, args: argparse.Namespace, kind: str
-) -> dict[str, Any]:
-    """The burst (as fast as the daemon takes it, then the catch-up) and the steady rate."""
-    data = work / "burst.tsv"
-    write_deliveries(data, f"burst{kind}", int(args.burst * 9000))
-    cpu = cpu_seconds(daemon.pid)
-    burst = run_wrk(daemon.port, data, script, args.burst, args.connections, args.threads)
-    burst_cpu = cpu_seconds(daemon.pid) - cpu
-    data.unlink()
-    catch_seconds, catch_cpu, burst_backlog = daemon.drain()
-    stored = count(daemon.db, f"SELECT COUNT(*) FROM _events WHERE event_id LIKE 'evt_burst{kind}_%'")
-    print(kind, "burst", json.dumps(burst), catch_seconds, burst_backlog, stored, file=sys.stderr, flush=True)
-    before = daemon.histogram()
-    with asyncio.Runner() as runner:
-        sent = runner.run(steady(daemon.port, 1000, args.steady_seconds))
-    time.sleep(1)
-    p99_le, observed = p99_bound(before, daemon.histogram())
-    print(kind, "steady", json.dumps(sent), p99_le, observed, file=sys.stderr, flush=True)
-    note = (
-        f"{kind} burst: {burst['acks']} acked ({burst['non2xx']} non-2xx, {burst['socket_errors']} socket "
-        f"errors), p99 {burst['p99_ms']:.1f} ms, {burst_cpu / max(1, burst['acks']) * 1e6:.0f} us CPU per ack "
-        f"during it; {burst_backlog} unapplied at its end, drained in {catch_seconds:.1f}s using "
-        f"{catch_cpu:.1f} CPU s; {stored} burst events in _events; steady 1000/s: {sent['ok']} of "
-        f"{sent['sent']} acked ({sent['statuses']}), achieved {sent['achieved_rate']}/s; {observed:g} "
-        f"event-to-mirror observations; p99 at or under {p99_le * 1000:g} ms"
-    )
-    return {
-        "burst": burst,
-        "catch_seconds": catch_seconds,
-        "burst_backlog": burst_backlog,
-        "p99_le": p99_le,
-        "sent": sent,
-        "note": note,
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short runs, to check the harness")
@@ -185,26 +140,25 @@ def main() -> None:
     if args.quick:
         args.rounds, args.duration, args.burst, args.steady_seconds = 1, 3, 10, 3
     per_round = int(args.duration * 9000)
-    results: dict[str, list[dict[str, Any]]] = {"bare": [], "app": [], "daemon": [], "child": []}
-    catchups: dict[str, list[tuple[float, float, int]]] = {"daemon": [], "child": []}
-    after: dict[str, dict[str, Any]] = {}
+    results: dict[str, list[dict[str, Any]]] = {"bare": [], "app": [], "daemon": []}
+    catchups: list[tuple[float, float, int]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ack-path-") as tmp:
         work = Path(tmp)
         script = work / "deliveries.lua"
         script.write_text(LUA.replace("__PATH__", PATH))
-        daemons = {"daemon": Daemon(work), "child": Daemon(work, receiver_process=True)}
+        daemon = Daemon(work)
         try:
             bare = Server("bare", work)
             app = Server("real", work)
             try:
-                kinds = ["bare", "app", "daemon", "child"]
+                kinds = ["bare", "app", "daemon"]
                 for r in range(args.rounds):
                     for kind in kinds if r % 2 == 0 else kinds[::-1]:
                         data = work / "round.tsv"
                         write_deliveries(data, f"{kind}{r}", per_round)
                         port, pid = (
-                            (daemons[kind].port, daemons[kind].pid)
-                            if kind in daemons
+                            (daemon.port, daemon.pid)
+                            if kind == "daemon"
                             else (bare.port, bare.proc.pid)
                             if kind == "bare"
                             else (app.port, app.proc.pid)
@@ -212,11 +166,11 @@ def main() -> None:
                         cpu = cpu_seconds(pid)
                         res = run_wrk(port, data, script, args.duration, args.connections, args.threads)
                         res["cpu_us_per_ack"] = round((cpu_seconds(pid) - cpu) / max(1, res["acks"]) * 1e6, 1)
-                        if kind in daemons:
-                            seconds, cpu_after, backlog = daemons[kind].drain()
+                        if kind == "daemon":
+                            seconds, cpu_after, backlog = daemon.drain()
                             res["backlog_after"] = backlog
                             res["apply_cpu_us_per_ack"] = round(cpu_after / max(1, res["acks"]) * 1e6, 1)
-                            catchups[kind].append((seconds, cpu_after, backlog))
+                            catchups.append((seconds, cpu_after, backlog))
                         results[kind].append(res)
                         print(kind, r, json.dumps(res), file=sys.stderr, flush=True)
                         data.unlink()
@@ -224,101 +178,62 @@ def main() -> None:
                 bare.stop()
                 app.stop()
 
-            for kind, daemon in daemons.items():
-                after[kind] = burst_and_steady(daemon, work, script, args, kind)
+            # The burst: as fast as the daemon takes it, then the catch-up.
+            data = work / "burst.tsv"
+            write_deliveries(data, "burst", int(args.burst * 9000))
+            cpu = cpu_seconds(daemon.pid)
+            burst = run_wrk(daemon.port, data, script, args.burst, args.connections, args.threads)
+            burst_cpu = cpu_seconds(daemon.pid) - cpu
+            data.unlink()
+            catch_seconds, catch_cpu, burst_backlog = daemon.drain()
+            stored = count(daemon.db, "SELECT COUNT(*) FROM _events WHERE event_id LIKE 'evt_burst_%'")
+            print(
+                "burst", json.dumps(burst), catch_seconds, burst_backlog, stored, file=sys.stderr, flush=True
+            )
+
+            before = daemon.histogram()
+            with asyncio.Runner() as runner:
+                sent = runner.run(steady(daemon.port, 1000, args.steady_seconds))
+            time.sleep(1)
+            p99_le, observed = p99_bound(before, daemon.histogram())
+            print("steady", json.dumps(sent), p99_le, observed, file=sys.stderr, flush=True)
         finally:
-            for daemon in daemons.values():
-                daemon.stop()
+            daemon.stop()
 
     def med(kind: str, key: str) -> float:
         return float(statistics.median(r[key] for r in results[kind]))
 
-    b_acks, a_acks, b_cpu = med("bare", "acks_per_s"), med("app", "acks_per_s"), med("bare", "cpu_us_per_ack")
-    figures: list[dict[str, Any]] = []
-    for kind, label in (("daemon", "syncd run"), ("child", "syncd run, receiver in its own process")):
-        d_acks, d_cpu, d_p99 = med(kind, "acks_per_s"), med(kind, "cpu_us_per_ack"), med(kind, "p99_ms")
-        non2xx = sum(r["non2xx"] + r["socket_errors"] for r in results[kind])
-        a = after[kind]
-        burst, catch_seconds, burst_backlog = a["burst"], a["catch_seconds"], a["burst_backlog"]
-        apply_rate = burst_backlog / catch_seconds if catch_seconds else float("inf")
-        p99_le, sent = a["p99_le"], a["sent"]
-        figures += [
-            figure(
-                f"{label} durable acks/s (median of rounds)",
-                d_acks,
-                "acks/s",
-                baseline="bare starlette endpoint, HMAC check only",
-                baseline_value=b_acks,
-                target=">= 0.85x",
-                met=d_acks >= 0.85 * b_acks,
-            ),
-            figure(
-                f"{label} ack latency p99 (median of rounds)",
-                d_p99,
-                "ms",
-                baseline="bare",
-                baseline_value=med("bare", "p99_ms"),
-                target="< 50 ms",
-                met=d_p99 < 50,
-            ),
-            figure(
-                f"{label} non-2xx and socket errors, all rounds",
-                non2xx,
-                "responses",
-                target="0",
-                met=non2xx == 0,
-            ),
-            figure(
-                f"{label} CPU per durable ack, during the window",
-                d_cpu,
-                "us",
-                baseline="bare",
-                baseline_value=b_cpu,
-                target="<= 1.25x",
-                met=d_cpu <= 1.25 * b_cpu,
-            ),
-            figure(
-                f"{label} CPU per ack applying the window's backlog after it",
-                med(kind, "apply_cpu_us_per_ack"),
-                "us",
-                baseline="bare, per ack",
-                baseline_value=b_cpu,
-            ),
-            figure(
-                f"{label} burst of {args.burst:g}s: durable acks/s",
-                burst["acks_per_s"],
-                "acks/s",
-                baseline="bare, rounds' median",
-                baseline_value=b_acks,
-            ),
-            figure(
-                f"{label} burst: time from its end until the mirror has every acknowledged delivery",
-                catch_seconds,
-                "s",
-            ),
-            figure(
-                f"{label} burst: apply rate while catching up",
-                apply_rate,
-                "changes/s",
-                target=">= 100,000 changes/s",
-                met=apply_rate >= 100_000,
-            ),
-            figure(
-                f"{label} event-to-mirror p99 at 1000 events/s (histogram bound)",
-                p99_le * 1000,
-                "ms",
-                target="< 50 ms",
-                met=p99_le <= 0.05 and sent["ok"] == sent["sent"],
-            ),
-        ]
-    figures.append(
+    d_acks, b_acks, a_acks = med("daemon", "acks_per_s"), med("bare", "acks_per_s"), med("app", "acks_per_s")
+    d_cpu, b_cpu = med("daemon", "cpu_us_per_ack"), med("bare", "cpu_us_per_ack")
+    d_p99 = med("daemon", "p99_ms")
+    non2xx = sum(r["non2xx"] + r["socket_errors"] for r in results["daemon"])
+    apply_rate = burst_backlog / catch_seconds if catch_seconds else float("inf")
+    figures = [
+        figure("syncd run durable acks/s (median of rounds)", d_acks, "acks/s",
+               baseline="bare starlette endpoint, HMAC check only", baseline_value=b_acks,
+               target=">= 0.85x", met=d_acks >= 0.85 * b_acks),
+        figure("syncd run ack latency p99 (median of rounds)", d_p99, "ms", baseline="bare",
+               baseline_value=med("bare", "p99_ms"), target="< 50 ms", met=d_p99 < 50),
+        figure("syncd run non-2xx and socket errors, all rounds", non2xx, "responses", target="0",
+               met=non2xx == 0),
+        figure("syncd run CPU per durable ack, during the window", d_cpu, "us", baseline="bare",
+               baseline_value=b_cpu, target="<= 1.25x", met=d_cpu <= 1.25 * b_cpu),
+        figure("syncd run CPU per ack applying the window's backlog after it", med("daemon", "apply_cpu_us_per_ack"),
+               "us", baseline="bare, per ack", baseline_value=b_cpu),
         figure("receiver app alone (inbox and worker, no daemon): acks/s", a_acks, "acks/s",
-               baseline="bare", baseline_value=b_acks)
-    )  # fmt: skip
+               baseline="bare", baseline_value=b_acks),
+        figure(f"burst of {args.burst:g}s: durable acks/s", burst["acks_per_s"], "acks/s",
+               baseline="bare, rounds' median", baseline_value=b_acks),
+        figure("burst: time from its end until the mirror has every acknowledged delivery", catch_seconds, "s"),
+        figure("burst: apply rate while catching up", apply_rate, "changes/s", target=">= 100,000 changes/s",
+               met=apply_rate >= 100_000),
+        figure("event-to-mirror p99 at 1000 events/s through syncd run (histogram bound)", p99_le * 1000, "ms",
+               target="< 50 ms", met=p99_le <= 0.05 and sent["ok"] == sent["sent"]),
+    ]  # fmt: skip
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     notes = [
-        f"measured {today}, {os.cpu_count()} cores shared by wrk, the four servers, the simulators and "
+        f"measured {today}, {os.cpu_count()} cores shared by wrk, the three servers, the simulator and "
         f"other work (load average {load}); {args.rounds} interleaved rounds of wrk -t{args.threads} "
         f"-c{args.connections} -d{args.duration:g}s, unique pre-signed deliveries, medians",
         "rounds (acks/s, p99 ms, CPU us/ack): "
@@ -327,12 +242,14 @@ def main() -> None:
             + ", ".join(f"{r['acks_per_s']:.0f}/{r['p99_ms']:.1f}/{r['cpu_us_per_ack']:.0f}" for r in rs)
             for kind, rs in results.items()
         ),
-        *(
-            f"{kind}: backlog left by each round and its drain (s, CPU s, deliveries): "
-            + ", ".join(f"{sec:.1f}/{c:.1f}/{b}" for sec, c, b in catchups[kind])
-            for kind in catchups
-        ),
-        *(a["note"] for a in after.values()),
+        "daemon backlog left by each round and its drain (s, CPU s, deliveries): "
+        + ", ".join(f"{s:.1f}/{c:.1f}/{b}" for s, c, b in catchups),
+        f"burst: {burst['acks']} acked ({burst['non2xx']} non-2xx, {burst['socket_errors']} socket errors), "
+        f"p99 {burst['p99_ms']:.1f} ms, {burst_cpu / max(1, burst['acks']) * 1e6:.0f} us CPU per ack during it; "
+        f"{burst_backlog} unapplied at its end, drained in {catch_seconds:.1f}s using {catch_cpu:.1f} CPU s; "
+        f"{stored} burst events in _events",
+        f"steady 1000/s: {sent['ok']} of {sent['sent']} acked ({sent['statuses']}), achieved "
+        f"{sent['achieved_rate']}/s; {observed:g} event-to-mirror observations; p99 at or under {p99_le * 1000:g} ms",
     ]
     if args.quick:
         notes.append("--quick: one short round, figures are indicative only")

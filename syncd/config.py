@@ -150,9 +150,6 @@ class WebhookConfig(_Section):
     #: either bound new deliveries are answered 503 with Retry-After.
     max_backlog: int = Field(default=1_000_000, ge=1, le=1_000_000_000)
     max_backlog_bytes: Annotated[Size, size_between(1024, 1024**4)] = 1024**3
-    #: The public listener in a child process of `syncd run`, writing the same inbox file,
-    #: so acknowledgements do not share a GIL with applying, polling and the change feed.
-    receiver_process: bool = False
     #: "nats": deliveries come from `syncd receive` through JetStream, not from a listener here.
     inbox: Literal["sqlite", "nats"] = "sqlite"
     #: `syncd receive`: longest wait for JetStream's PubAck before answering 503 (the

@@ -13,8 +13,6 @@ loop, so no lock is needed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from syncd.errors import SyncdError
 from syncd.metrics import Metrics
 
@@ -42,8 +40,6 @@ class Backlog:
         self._metrics = metrics
         self.depth = 0
         self.bytes = 0
-        #: Told of every apply (count, bytes): a receiver in its own process keeps its count.
-        self.applied_listeners: list[Callable[[int, int], None]] = []
 
     def set_limits(self, max_deliveries: int, max_bytes: int) -> None:
         self.max_deliveries = max_deliveries
@@ -63,8 +59,6 @@ class Backlog:
         self.depth = max(0, self.depth - count)
         self.bytes = max(0, self.bytes - size)
         self._publish()
-        for listener in self.applied_listeners:
-            listener(count, size)
 
     def refusal(self, waiting: int, waiting_bytes: int, size: int) -> str | None:
         """Why one more delivery of `size` bytes must be refused, with `waiting` deliveries

@@ -222,8 +222,6 @@ class Inbox:
         self._answered_all = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Callable[[], None]] = []
-        self._reporters: list[Callable[[int, int, int], None]] = []
-        self._failure_reporters: list[Callable[[str], None]] = []
         #: When a delivery was last committed: only durable deliveries count as webhooks
         #: arriving (for readiness and fallback health), never ones answered 503.
         self.last_delivery_at: float | None = None
@@ -306,17 +304,12 @@ class Inbox:
         self._committed(deliveries, results)
         return results
 
-    def add_commit_reporter(self, reporter: Callable[[int, int, int], None]) -> None:
-        """Called after every commit with (deliveries, new ones, their bytes): how a receiver
-        in its own process tells the daemon's inbox (`record_commit`)."""
-        self._reporters.append(reporter)
-
-    def add_failure_reporter(self, reporter: Callable[[str], None]) -> None:
-        """Called with the reason of every group commit that failed."""
-        self._failure_reporters.append(reporter)
-
     def _committed(self, deliveries: Sequence[Delivery], results: Sequence[SubmitResult]) -> None:
-        """Bookkeeping of a commit that succeeded: the parse memo, then `record_commit`."""
+        """Bookkeeping of a commit that succeeded: health, the parse memo, metrics, the
+        worker's wake."""
+        self.committed += len(deliveries)
+        self.last_delivery_at = self._clock()
+        self.last_failure_at = self.last_failure = None
         accepted = accepted_bytes = 0
         for delivery, result in zip(deliveries, results, strict=True):
             if result == "accepted":
@@ -324,29 +317,13 @@ class Inbox:
                 accepted_bytes += len(delivery.body)
                 if delivery.parsed is not None:
                     parsed_bodies.put(delivery.body, delivery.parsed)
-        self.record_commit(len(deliveries), accepted, accepted_bytes)
-        for reporter in self._reporters:
-            reporter(len(deliveries), accepted, accepted_bytes)
-
-    def record_commit(self, deliveries: int, accepted: int, accepted_bytes: int) -> None:
-        """A commit of `deliveries` (`accepted` of them new, `accepted_bytes` of bodies) that
-        succeeded, here or in the receiver's own process: health, backlog, metrics, the
-        worker's wake."""
-        self.committed += deliveries
-        self.last_delivery_at = self._clock()
-        self.last_failure_at = self.last_failure = None
         self.backlog.added(accepted, accepted_bytes)
         if self._metrics is not None:
-            self._metrics.group_commit_size.observe(deliveries)
-            self._metrics.history.deliveries(self.last_delivery_at, deliveries)
+            self._metrics.group_commit_size.observe(len(deliveries))
+            self._metrics.history.deliveries(self.last_delivery_at, len(deliveries))
         if accepted:
             for listener in self._listeners:
                 listener()
-
-    def record_failure(self, reason: str) -> None:
-        """A commit that failed, here or in the receiver's own process (readiness shows it)."""
-        self.last_failure_at = self._clock()
-        self.last_failure = reason
 
     async def prune(self, *, dedupe_retention: float, audit_retention: float) -> tuple[int, int]:
         """Forget event ids and audit rows past their retention (pending events are kept)."""
@@ -399,9 +376,8 @@ class Inbox:
         self._unanswered_bytes -= sum(len(w.delivery.body) for w in batch)
         if results is None:
             log.error("inbox commit of %d deliveries failed: %s", len(batch), error)
-            self.record_failure(str(error))
-            for failure_reporter in self._failure_reporters:
-                failure_reporter(str(error))
+            self.last_failure_at = self._clock()
+            self.last_failure = str(error)
             failure = InboxCommitError(
                 [w.delivery.event_id for w in batch], error or RuntimeError("commit failed")
             )

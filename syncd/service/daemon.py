@@ -245,10 +245,7 @@ class Daemon:
         await admin.start()
         push = None
         if inbox is not None:
-            push = await start_push(
-                cfg, writer, client, inbox, activated, stops, budget, self.metrics,
-                store.identity, self._receiver_failed,
-            )  # fmt: skip
+            push = await start_push(cfg, writer, client, inbox, activated, stops, budget, self.metrics)
 
         stops.push_async_callback(lambda: budget.bounded(modes.stop(), "mode control"))
         modes.start()
@@ -292,12 +289,6 @@ class Daemon:
     def _tick_seconds(self) -> float:
         silence = self.cfg.fallback.silence if self.push else 5.0
         return max(0.05, min(1.0, silence / 4, self._store_check_period))
-
-    def _receiver_failed(self, reason: str) -> None:
-        """The webhook receiver's process cannot be kept running: exit for a restart."""
-        log.error("%s: exiting to be restarted", reason)
-        self._exit_code = EXIT_FAILURE
-        self.request_stop()
 
     def _store_file_problem(self, store: StoreFile) -> str | None:
         """Why the file at store.path is not the store this daemon writes, or None."""

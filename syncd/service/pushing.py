@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
 
 from syncd.api import PetstoreClient
 from syncd.config import Config
@@ -21,12 +20,10 @@ from syncd.push.inbox_worker import InboxWorker
 from syncd.push.receiver_app import create_receiver_app
 from syncd.push.receiver_app import uvicorn_config as receiver_uvicorn_config
 from syncd.service.listeners import DaemonServer, bind_listener
-from syncd.service.receiver_child import ReceiverChild
 from syncd.service.running import Pushing
 from syncd.service.stopping import StopBudget
 from syncd.store import schema
 from syncd.store.db import Store
-from syncd.store.guard import FileIdentity
 from syncd.store.writer import Writer
 
 
@@ -46,8 +43,6 @@ async def start_push(
     stops: contextlib.AsyncExitStack,
     budget: StopBudget,
     metrics: Metrics,
-    identity: FileIdentity,
-    on_fatal: Callable[[str], None],
 ) -> Pushing:
     """The inbox and its worker, started; the receiver's listener bound and not serving yet
     (the daemon starts it last), or the consumer started."""
@@ -70,14 +65,11 @@ async def start_push(
         return Pushing(
             inbox, worker, None, None, await _start_consumer(cfg, writer, inbox, stops, budget, metrics)
         )
+    audit = AuditLog(writer, metrics=metrics)
+    app = create_receiver_app(cfg.webhook, cfg.secrets.webhook_secrets, inbox, audit, metrics=metrics)
     sock = activated.get("webhook") or bind_listener(cfg.webhook.listen)
     # Closed here if startup fails before the listener serves (stopping it closes it too).
     stops.callback(sock.close)
-    if cfg.webhook.receiver_process:
-        child = ReceiverChild(cfg, writer, inbox, sock, identity, metrics=metrics, on_fatal=on_fatal)
-        return Pushing(inbox, worker, child, child)
-    audit = AuditLog(writer, metrics=metrics)
-    app = create_receiver_app(cfg.webhook, cfg.secrets.webhook_secrets, inbox, audit, metrics=metrics)
     listener = DaemonServer("webhook", receiver_uvicorn_config(app, cfg.webhook), sock)
     return Pushing(inbox, worker, app.receiver, listener)
 

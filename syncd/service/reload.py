@@ -48,7 +48,6 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     # The writer's store records the log or not from its start.
     ("changes", "enabled"),
     ("webhook", "inbox"),
-    ("webhook", "receiver_process"),
     # The JetStream connection, streams and consumer are made once, at start.
     *(("nats", key) for key in NatsConfig.model_fields),
 )

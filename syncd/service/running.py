@@ -4,15 +4,14 @@ what the main loop, readiness and reloads work on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from syncd.api import PetstoreClient
-from syncd.config import WebhookConfig
 from syncd.poll.poller import Poller
 from syncd.poll.scheduler import PollScheduler
 from syncd.push.consumer import InboxConsumer
 from syncd.push.inbox import Inbox
 from syncd.push.inbox_worker import InboxWorker
+from syncd.push.receiver import WebhookReceiver
 from syncd.service.admin import AdminProbe
 from syncd.service.feed import FeedService
 from syncd.service.listeners import DaemonServer
@@ -36,25 +35,6 @@ class StoreFile:
         return problem if problem is not None else self.lock.problem()
 
 
-class Listener(Protocol):
-    """The public listener: in this process (DaemonServer) or a child's (ReceiverChild)."""
-
-    url: str
-
-    @property
-    def serving(self) -> bool: ...
-
-    async def start(self, within: float = 30.0) -> None: ...
-
-    async def stop(self, grace: float) -> None: ...
-
-
-class SettingsTarget(Protocol):
-    """What takes reloaded webhook settings: the receiver, here or in a child process."""
-
-    def update_settings(self, cfg: WebhookConfig, secrets: tuple[str, ...]) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Pushing:
     """The push-mode parts: deliveries go receiver -> inbox -> inbox worker, or, with
@@ -62,9 +42,9 @@ class Pushing:
 
     inbox: Inbox
     worker: InboxWorker
-    receiver: SettingsTarget | None
+    receiver: WebhookReceiver | None
     #: The public listener serving `receiver` (None with the nats inbox).
-    listener: Listener | None
+    listener: DaemonServer | None
     #: The inbox stream's consumer (None with the sqlite inbox).
     consumer: InboxConsumer | None = None
 

@@ -32,33 +32,6 @@ from syncd.store.schema import META_MIRROR_ID, META_SCHEMA_VERSION, MIGRATIONS, 
 from syncd.store.sql import connect, unsynced_commits
 
 
-class _Database(sqlite_utils.Database):
-    """sqlite-utils' Database whose transactions take the write lock at BEGIN (IMMEDIATE).
-
-    With a second process writing the same file (the webhook receiver in its own process),
-    a deferred transaction that reads first and then writes fails at its first write, at
-    once and whatever the busy timeout, when the other process committed in between (its
-    snapshot is stale). Taken at BEGIN, the lock is waited for (busy_timeout) instead."""
-
-    @contextlib.contextmanager
-    def atomic(self) -> Iterator[sqlite_utils.Database]:
-        if self.conn.in_transaction:
-            with super().atomic() as db:
-                yield db
-            return
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self
-        except BaseException:
-            self.rollback()
-            raise
-        try:
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.rollback()
-            raise
-
-
 class Store(MirrorTables, CursorTable):
     """One SQLite file: its connection, migrations and `_meta`; the mirror tables
     (`MirrorTables`) and cursors (`CursorTable`) are methods, the other tables' statements
@@ -72,7 +45,7 @@ class Store(MirrorTables, CursorTable):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = connect(self.path)
-            self.db = _Database(self.conn, execute_plugins=False)
+            self.db = sqlite_utils.Database(self.conn, execute_plugins=False)
             self.db.enable_wal()
             # FULL: a commit survives power loss, which is what an acknowledgement promises.
             self.conn.execute("PRAGMA synchronous=FULL")
