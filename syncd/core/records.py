@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-from syncd import timefmt
+from syncd import jsonparse, timefmt
 from syncd.contract import EVENTS
 from syncd.errors import RecordError
 
@@ -169,11 +169,22 @@ def parse_record(resource: str, obj: object, source: Source) -> Change:
     return Change(resource, record_id, version, updated_at, obj, source)
 
 
+def _loads(body: bytes) -> Any:
+    """`json.loads(body)`, through orjson where it gives the same objects (syncd.jsonparse):
+    the worker parses every delivery of a backlog again (the receiver's parses are mostly
+    gone from their memo by then), and the standard parser was a third of that parse.
+    Bodies not in UTF-8 go to the standard parser, which also reads UTF-16 and UTF-32."""
+    try:
+        return jsonparse.loads(body)
+    except UnicodeDecodeError:
+        return json.loads(body)
+
+
 def parse_envelope(body: bytes) -> Envelope:
     """Raw webhook body -> Envelope. Accepts the aliases `id` for `eventId` and `eventType` or
     `type` for `event`. Raises RecordError with a reason fit for a dead letter."""
     try:
-        obj = json.loads(body)
+        obj = _loads(body)
     except RecursionError:
         raise RecordError("body is nested deeper than the JSON parser's limit") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -274,3 +274,12 @@ def test_known_event_with_invalid_data_is_a_record_error(data: Any, reason: str)
         change_from_envelope(Envelope("evt_4", "order.updated", None, data))
     assert reason in info.value.reason
     assert info.value.resource == "orders"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32"])
+def test_parse_envelope_reads_what_the_standard_parser_reads(encoding: str) -> None:
+    # orjson parses UTF-8 only; the standard parser also detects UTF-16 and UTF-32.
+    raw = json.dumps({"eventId": "evt_é", "event": "order.created", "data": {"n": 2**70}}).encode(encoding)
+    env = parse_envelope(raw)
+    assert (env.event_id, env.data) == ("evt_é", {"n": 2**70})
+    assert type(env.data["n"]) is int
