@@ -286,6 +286,9 @@ def main() -> int:
     )
     env = {"SYNCD_SINK_SECRET": SINK_SECRET}
     paths = [args.syncd_tree] if args.syncd_tree else []
+    if args.syncd_tree:
+        # `python -m syncd` would put the working directory, this tree, first on sys.path.
+        env["PYTHONSAFEPATH"] = "1"
     if args.trace:
         import feed_trace
 
