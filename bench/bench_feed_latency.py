@@ -254,6 +254,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="per rate")
     parser.add_argument("--ids", type=int, default=2000, help="orders the webhooks cycle over")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="time each stage inside the daemon (bench/feed_trace.py) and write the breakdown "
+        "of the highest rate's phase as JSON to FILE",
+    )
+    parser.add_argument(
+        "--syncd-tree",
+        metavar="DIR",
+        help="run the daemon from this source tree (e.g. a `git worktree` of another commit), "
+        "for A/B rounds against the same sender, simulator and receiver",
+    )
     parser.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sink:
@@ -272,10 +284,22 @@ def main() -> int:
         f'\n[[sinks]]\nname = "bench"\ntype = "http"\nurl = "{receiver.url}"\n'
         'secret_env = "SYNCD_SINK_SECRET"\non_failure = "block"\n'
     )
+    env = {"SYNCD_SINK_SECRET": SINK_SECRET}
+    paths = [args.syncd_tree] if args.syncd_tree else []
+    if args.syncd_tree:
+        # `python -m syncd` would put the working directory, this tree, first on sys.path.
+        env["PYTHONSAFEPATH"] = "1"
+    if args.trace:
+        import feed_trace
+
+        paths.append(feed_trace.sitecustomize_dir(str(work)))
+        env["SYNCD_BENCH_TRACE"] = str(work / "trace.json")
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
     daemon: FeedDaemon | None = None
     phases: list[tuple[float, Times]] = []
     try:
-        daemon = FeedDaemon(work / "daemon", sections, env={"SYNCD_SINK_SECRET": SINK_SECRET})
+        daemon = FeedDaemon(work / "daemon", sections, env=env)
         url = daemon.webhook_url
         assert url is not None
         # Warm-up: the first deliveries open connections and fill caches; not measured.
@@ -315,8 +339,27 @@ def main() -> int:
         more, note = phase_figures(rate, times, first_arrival, target=rate == max(rates))
         figures += more
         notes.append(note)
+    if args.trace:
+        write_trace(args.trace, work / "trace.json", phases[-1][1], first_arrival)
     print(json.dumps({"name": "change feed latency (syncd run)", "figures": figures, "notes": notes}))
     return 0
+
+
+def write_trace(
+    out: str,
+    trace_path: Path,
+    times: Times,
+    first_arrival: dict[tuple[int, int], tuple[str, float, float]],
+) -> None:
+    import feed_trace
+
+    trace = json.loads(trace_path.read_text())
+    sent = {k: v[0] for k, v in times.items()}
+    arrived = {k: v[1] for k, v in first_arrival.items()}
+    window = (min(sent.values()), max(sent.values()))
+    report = feed_trace.analyse(trace, sent, arrived, window)
+    report["load average"] = os.getloadavg()
+    Path(out).write_text(json.dumps(report, indent=1))
 
 
 def caught_up(daemon: FeedDaemon) -> bool:

@@ -181,6 +181,9 @@ class SinkRunner:
         self._stopping = False
         #: The offset write in flight (see `_commit`).
         self._committing: asyncio.Future[None] | None = None
+        #: The read of the batch after the one being delivered: (after seq, the notifier's
+        #: generation before it, the read).
+        self._next: tuple[int, int, asyncio.Future[Sequence[Change]]] | None = None
         self._log_failures = 0
 
     @property
@@ -203,12 +206,14 @@ class SinkRunner:
             while not self._stopping:
                 await self.step()
         except asyncio.CancelledError:
+            self._drop_next()
             # The offset write in flight is for changes already delivered: let it land, so
             # a new runner does not deliver them again.
             if self._committing is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._committing)
             raise
+        self._drop_next()
         await self._flush_offset()
 
     async def _open(self) -> int:
@@ -245,10 +250,26 @@ class SinkRunner:
             if self._state.attempts == 0:
                 self._state = replace(self._state, state=DeliveryState.OK, next_attempt_at=None)
 
+    def _drop_next(self) -> None:
+        if self._next is not None:
+            read = self._next[2]
+            self._next = None
+            if read.done() and not read.cancelled():
+                # Its error, if any, is the next read's to meet; it is retrieved here.
+                read.exception()
+            read.cancel()
+
     async def _read_or_wait(self) -> None:
         assert self._offset is not None
-        generation = self._notifier.generation
-        batch = await self._log.read_after(self._offset, self.batch_size)
+        ahead, self._next = self._next, None
+        if ahead is not None and ahead[0] == self._offset:
+            # Read while the batch before was delivered: what the log held after it then.
+            generation, batch = ahead[1], await ahead[2]
+        else:
+            if ahead is not None:
+                ahead[2].cancel()
+            generation = self._notifier.generation
+            batch = await self._log.read_after(self._offset, self.batch_size)
         if not batch:
             await self._notifier.wait(generation, self._recheck)
             return
@@ -273,6 +294,16 @@ class SinkRunner:
         # After a failure, one change at a time: that isolates the change that fails (for a
         # batch sink that cannot say which) and keeps retries of a broken sink cheap.
         batch = self._pending if self._state.attempts == 0 else self._pending[:1]
+        if self._next is None and self._state.attempts == 0:
+            # The next batch is read while this one is delivered, so a sink behind the log
+            # does not wait for a read between batches. Changes after `_pending_end` are
+            # the same whenever they are read (the log only grows past an offset), so the
+            # read is good for whenever this batch is done, however many attempts it takes.
+            self._next = (
+                self._pending_end,
+                self._notifier.generation,
+                asyncio.ensure_future(self._log.read_after(self._pending_end, self.batch_size)),
+            )
         started = time.perf_counter()
         try:
             await self.sink.deliver(batch)

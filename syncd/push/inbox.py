@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import orjson
 
@@ -42,6 +42,10 @@ from syncd.store.writer import Writer
 log = logging.getLogger(__name__)
 
 SubmitResult = Literal["accepted", "duplicate"]
+
+#: Group commits in a row of at least `busy_batch` deliveries after which the receiver
+#: counts as saturated (`Inbox.saturated`).
+BUSY_COMMITS: Final = 3
 
 
 class InboxFullError(SyncdError, RuntimeError):
@@ -190,21 +194,23 @@ class Inbox:
         clock: Callable[[], float] = time.time,
         guard: Callable[[], str | None] | None = None,
         backlog: Backlog | None = None,
-        busy_waiting: int = 32,
+        busy_batch: int = 16,
     ) -> None:
         """`guard`, run on the writer thread before every commit, says why the store must not
         take deliveries now (its file was removed or replaced), or None. `backlog`: the bound
         on unapplied deliveries (unbounded by default; `start` reads its counts from the
-        store). `busy_waiting`: deliveries waiting for a commit at which the receiver counts
-        as saturated (`saturated_at`)."""
+        store). `busy_batch`: the group commit size at which, `BUSY_COMMITS` commits in a row,
+        the receiver counts as saturated (`saturated_at`)."""
         if max_batch < 1 or max_waiting < 1:
             raise ValueError(f"max_batch ({max_batch}) and max_waiting ({max_waiting}) must be >= 1")
         self.backlog = backlog if backlog is not None else Backlog(2**62, 2**62, metrics=metrics)
-        self._busy_waiting = busy_waiting
+        self._busy_batch = busy_batch
+        #: Group commits in a row of at least `busy_batch` deliveries; only the loop touches it.
+        self._busy_commits = 0
         #: Bytes of the bodies submitted and not yet answered (with `_unanswered`).
         self._unanswered_bytes = 0
-        #: When `busy_waiting` deliveries last waited for a commit at once (monotonic), or
-        #: None: the inbox worker holds back while the receiver is saturated.
+        #: When the receiver last counted as saturated (monotonic), or None: the inbox
+        #: worker holds back while it is.
         self.saturated_at: float | None = None
         self._writer = writer
         self._max_batch = max_batch
@@ -241,8 +247,9 @@ class Inbox:
         return self._unanswered
 
     def saturated(self, within: float = 0.1) -> bool:
-        """Whether `busy_waiting` deliveries waited for a commit at once in the last `within`
-        seconds: acknowledgements are what the process should spend itself on."""
+        """Whether the last `BUSY_COMMITS` group commits each took `busy_batch` deliveries or
+        more, in the last `within` seconds: the writer spends itself on acknowledgements, and
+        they are what the process should spend itself on."""
         at = self.saturated_at
         return at is not None and time.monotonic() - at < within
 
@@ -271,8 +278,6 @@ class Inbox:
         waiting = _Waiting(delivery, loop.create_future())
         self._unanswered += 1
         self._unanswered_bytes += size
-        if self._unanswered >= self._busy_waiting:
-            self.saturated_at = time.monotonic()
         with self._lock:
             self._queue.append(waiting)
             start = not self._draining
@@ -385,6 +390,13 @@ class Inbox:
                 if not w.future.done():
                     w.future.set_exception(failure)
         else:
+            # Saturation is a rate, not a moment: one commit that waited behind a long job
+            # (an apply, a checkpoint) gathers many deliveries at 1,000/s too, and holding the
+            # worker back then only moves the mirror and the change feed a second behind.
+            # Only commits that stay large, one after another, mean arrivals outrun commits.
+            self._busy_commits = self._busy_commits + 1 if len(batch) >= self._busy_batch else 0
+            if self._busy_commits >= BUSY_COMMITS:
+                self.saturated_at = time.monotonic()
             self._committed([w.delivery for w in batch], results)
             for w, result in zip(batch, results, strict=True):
                 if not w.future.done():

@@ -145,6 +145,61 @@ async def test_one_batch_in_flight_and_in_seq_order(
     assert seen == list(range(1, len(seen) + 1))
 
 
+async def test_the_next_batch_is_read_while_one_is_delivered(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog],
+) -> None:
+    conn, _ = db
+    append_orders(conn, range(1, 31))
+    reads: list[int] = []
+
+    class Log(ConnectionChangeLog):
+        async def read_after(self, seq: int, limit: int) -> Sequence[Change]:
+            reads.append(seq)
+            return await super().read_after(seq, limit)
+
+    read_during: list[list[int]] = []
+
+    class Watching(MemorySink):
+        async def deliver(self, batch: Sequence[Change]) -> None:
+            await asyncio.sleep(0)  # the read ahead runs while the batch is in flight
+            read_during.append(list(reads))
+            await super().deliver(batch)
+
+    sink = Watching()
+    runner = make(sink, Log(conn), FakeClock(), start=Start.BEGINNING, batch_size=10)
+    await drive(runner, lambda: len(sink.seqs) == 30)
+    assert sink.batches == [list(range(1, 11)), list(range(11, 21)), list(range(21, 31))]
+    # While batch k was delivered, the batch after it had been asked for.
+    assert [during[-1] for during in read_during] == [10, 20, 30]
+    # Each batch was read once: the read ahead is the next batch's read, not an extra one.
+    assert reads[:4] == [0, 10, 20, 30]
+
+
+async def test_a_change_committed_after_an_empty_read_ahead_is_not_missed(
+    db: tuple[sqlite3.Connection, ConnectionChangeLog],
+) -> None:
+    conn, log = db
+    notifier = ChangeNotifier()
+    append_orders(conn, range(1, 4))
+    appended = False
+
+    class Appending(MemorySink):
+        async def deliver(self, batch: Sequence[Change]) -> None:
+            nonlocal appended
+            for _ in range(3):
+                await asyncio.sleep(0)  # the read ahead has found nothing after this batch
+            if not appended:
+                appended = True
+                append_orders(conn, [100], notifier=notifier)
+            await super().deliver(batch)
+
+    sink = Appending()
+    # No re-check of the log within the test: only the notification can bring seq 4.
+    runner = make(sink, log, FakeClock(), notifier, start=Start.BEGINNING, recheck=3600)
+    await drive(runner, lambda: sink.seqs == [1, 2, 3, 4])
+    assert sink.batches == [[1, 2, 3], [4]]
+
+
 async def test_log_errors_are_retried_like_delivery_failures(
     db: tuple[sqlite3.Connection, ConnectionChangeLog],
 ) -> None:

@@ -14,7 +14,7 @@ import respx
 
 from syncd.api import PetstoreClient
 from syncd.metrics import Metrics
-from syncd.push.inbox import Delivery, Inbox
+from syncd.push.inbox import BUSY_COMMITS, Delivery, Inbox
 from syncd.push.inbox_worker import InboxWorker
 from syncd.push.replay import replay_dead_letters
 from syncd.store.writer import Writer
@@ -259,25 +259,35 @@ async def test_while_the_receiver_is_saturated_the_worker_applies_one_batch_per_
         await inbox.stop()
 
 
-async def test_the_inbox_is_saturated_once_busy_waiting_deliveries_wait_for_a_commit(
-    writer: Writer,
-) -> None:
-    inbox = Inbox(writer, busy_waiting=3)
-    await inbox.start()
+async def _group_commit(writer: Writer, inbox: Inbox, ids: list[str]) -> None:
+    """Commit `ids` as one group: the writer is held until all of them wait."""
     gate = threading.Event()
     writer.submit(lambda store: gate.wait(10))  # a slow disk: commits wait
-    waiting = [
-        asyncio.create_task(inbox.submit(Delivery(f"e{i}", 1.0, "c", {}, envelope(f"e{i}"))))
-        for i in range(2)
-    ]
+    waiting = [asyncio.create_task(inbox.submit(Delivery(i, 1.0, "c", {}, envelope(i)))) for i in ids]
     await asyncio.sleep(0)
-    assert inbox.waiting == 2
-    assert not inbox.saturated()
-    waiting.append(asyncio.create_task(inbox.submit(Delivery("e2", 1.0, "c", {}, envelope("e2")))))
-    await asyncio.sleep(0)
-    assert inbox.saturated()
+    assert inbox.waiting == len(ids)
     gate.set()
-    assert await asyncio.gather(*waiting) == ["accepted"] * 3
+    assert await asyncio.gather(*waiting) == ["accepted"] * len(ids)
+
+
+async def test_the_inbox_is_saturated_once_busy_commits_in_a_row_take_busy_batch_deliveries(
+    writer: Writer,
+) -> None:
+    assert BUSY_COMMITS == 3
+    inbox = Inbox(writer, busy_batch=3)
+    await inbox.start()
+    # One commit that waited behind a long job, or two, is a moment, not saturation.
+    await _group_commit(writer, inbox, ["a0", "a1", "a2"])
+    await _group_commit(writer, inbox, ["b0", "b1", "b2", "b3"])
+    assert not inbox.saturated()
+    # A smaller commit between them starts the count again.
+    await _group_commit(writer, inbox, ["c0", "c1"])
+    await _group_commit(writer, inbox, ["d0", "d1", "d2"])
+    await _group_commit(writer, inbox, ["e0", "e1", "e2"])
+    assert not inbox.saturated()
+    # The third large commit in a row.
+    await _group_commit(writer, inbox, ["f0", "f1", "f2"])
+    assert inbox.saturated()
     # It stays saturated for `within` after the last time, and not past it.
     assert inbox.saturated(within=60)
     assert not inbox.saturated(within=0)
