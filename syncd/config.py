@@ -58,6 +58,10 @@ class ApiConfig(_Section):
     max_connections: int = Field(default=10, ge=1, le=100)
     max_response: Size = 64 * 1024 * 1024
     rate_limit: Rate | None = None
+    #: How late the API lists a change at most (the contract's 10s). A relist spares what
+    #: changed within this plus poll.lookback; an API known to be faster (a simulator run
+    #: with a shorter lag) lets relists tombstone hard deletes that much sooner.
+    visibility_lag: Annotated[Duration, between(0.0, 3600.0)] = VISIBILITY_LAG
 
     @field_validator("max_response")
     @classmethod
@@ -351,9 +355,10 @@ def check_warnings(cfg: Config) -> list[str]:
             f" (about {sum(RETRY_SCHEDULE) / 3600:.1f}h): "
             "late retries will be decided again instead of being recognised as duplicates"
         )
-    if cfg.poll.lookback < VISIBILITY_LAG:
+    if cfg.poll.lookback < cfg.api.visibility_lag:
         out.append(
-            f"poll.lookback is shorter than the API's {VISIBILITY_LAG:g}s visibility lag:"
+            f"poll.lookback is shorter than the API's {cfg.api.visibility_lag:g}s visibility lag"
+            " (api.visibility_lag):"
             " polls can miss late-committed changes"
         )
     if cfg.sync.mode == "push" and cfg.poll.safety_interval < cfg.poll.interval:

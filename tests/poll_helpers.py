@@ -24,10 +24,16 @@ def make_config(
     page_size: int = 50,
     api_key: str = "test-key",
     timeout: str = "5s",
+    visibility_lag: str = "10s",
 ) -> Config:
     cfg = Config.model_validate(
         {
-            "api": {"base_url": base_url, "timeout": timeout, "connect_timeout": "2s"},
+            "api": {
+                "base_url": base_url,
+                "timeout": timeout,
+                "connect_timeout": "2s",
+                "visibility_lag": visibility_lag,
+            },
             "store": {"path": str(store_path)},
             "sync": {"mode": "poll"},
             "poll": {"interval": "1s", "lookback": lookback, "page_size": page_size, "jitter": "0s"},

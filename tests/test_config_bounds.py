@@ -28,6 +28,7 @@ BOUNDS: dict[str, tuple[list[Any], list[Any]]] = {
     "api.connect_timeout": (["0s", "99ms", "2h"], ["100ms", "1h"]),
     "api.max_response": ([-1, 0, 1023, "5GiB"], [1024, "1KiB", "4GiB"]),
     "api.max_connections": ([0, -1, 101, 2**63 - 1], [1, 100]),
+    "api.visibility_lag": (["61m", -1, "99999999999999d"], ["0s", "1h"]),
     "poll.interval": (["0s", "99ms", "366d", "99999999999999d"], ["100ms", "365d"]),
     "poll.safety_interval": (["0s", "99ms", "366d"], ["100ms", "365d"]),
     "poll.lookback": (["25h", "99999999999999d", -1], ["0s", "24h"]),

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from syncd import timefmt
-from syncd.contract import VISIBILITY_LAG
 from syncd.core.reconcile import BatchResult, Outcome
 from syncd.core.records import Change, parse_record
 from syncd.errors import CursorExpiredError, ListingLoopError, RecordError
@@ -149,7 +148,7 @@ class Poller:
                 log.warning("%s: %s; dropped it", resource, problem)
             guard = RelistGuard(
                 generation,
-                timefmt.format_epoch(listing_start - VISIBILITY_LAG - poll.lookback),
+                timefmt.format_epoch(listing_start - self.cfg.api.visibility_lag - poll.lookback),
                 live,
                 poll.max_tombstone_ratio,
                 poll.tombstone_floor,

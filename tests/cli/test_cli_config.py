@@ -27,6 +27,7 @@ BAD_VALUES: dict[str, Any] = {
     "api.max_connections": 0,
     "api.max_response": "0B",
     "api.rate_limit": "0/s",
+    "api.visibility_lag": "2h",
     "store.path": 7,
     "sync.mode": "pull",
     "sync.resources": ["pets"],

@@ -383,7 +383,7 @@ print("committed", flush=True)
 @pytest.mark.slow
 def test_killed_process_leaves_the_whole_batch_or_none(tmp_path: Path) -> None:
     path = tmp_path / "mirror.db"
-    n = 300_000
+    n = 100_000
     proc = subprocess.Popen(
         [sys.executable, "-c", KILL_SCRIPT, str(path), str(n)], stdout=subprocess.PIPE, text=True
     )

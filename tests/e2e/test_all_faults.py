@@ -41,7 +41,9 @@ def test_every_fault_at_once_converges_to_zero_drift(
     )  # fmt: skip
     daemon = start_daemon(
         sim,
-        api={"timeout": "1s", "connect_timeout": "1s"},
+        # The simulator's --max-lag: relists wait that long, not the real API's 10 s, before
+        # they may tombstone what the workload hard-deleted.
+        api={"timeout": "1s", "connect_timeout": "1s", "visibility_lag": "1s"},
         poll={
             "interval": "1s",
             "safety_interval": "4s",

@@ -83,6 +83,8 @@ def test_sigkill_twenty_times_loses_nothing(
     daemon = start_daemon(
         sim,
         webhook={"listen": f"127.0.0.1:{port}"},
+        # The simulator's --max-lag, so relists need not wait out the real API's 10 s.
+        api={"visibility_lag": "1s"},
         poll={
             "interval": "1s",
             "safety_interval": "2s",

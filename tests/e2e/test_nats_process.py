@@ -141,6 +141,8 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[[list[str]], ReceiveProc
 def mirror_sections(sim: SimProcess, workdir: Path, urls: list[str], **nats_keys: Any) -> dict[str, Any]:
     sections: dict[str, Any] = daemon_sections(sim.url, workdir)
     sections["webhook"]["inbox"] = "nats"
+    # Every simulator here runs with --max-lag 1s: relists need not wait out the real API's 10 s.
+    sections["api"]["visibility_lag"] = "1s"
     # A batch pulled by a mirror killed before its commit comes again after ack_wait.
     sections["nats"] = {"servers": urls, "replicas": 3, "ack_wait": "3s", **nats_keys}
     # Polls (safety poll, relists) catch what no delivery brought, as they would in
@@ -321,6 +323,7 @@ def test_the_nats_sink_under_sigkill_holds_every_change_once_in_order(
     sections["poll"].update(
         {"interval": "300ms", "lookback": "2s", "full_relist_interval": "5s", "max_tombstone_ratio": 1.0}
     )
+    sections["api"]["visibility_lag"] = "1s"  # the simulator's --max-lag
     sections["nats"] = {"servers": nats_urls, "replicas": 3}
     sections["sinks"] = [{"name": "bus", "type": "nats", "start": "beginning", "batch_size": 50}]
     daemon = DaemonProcess(workdir, sections)

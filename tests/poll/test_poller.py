@@ -270,6 +270,46 @@ def _age_sync(store: Store, resource: str) -> None:
         store.conn.execute(f"UPDATE {resource} SET _synced_at = ?", (utc_iso(time.time() - 3600),))
 
 
+@pytest.mark.parametrize(
+    ("visibility_lag", "age", "spared"),
+    [
+        # The spare window is api.visibility_lag plus poll.lookback (1 s) before the listing.
+        ("10s", 10.5, True),
+        ("10s", 11.5, False),
+        ("0s", 0.5, True),
+        ("0s", 1.5, False),
+    ],
+)
+async def test_the_relist_spare_window_is_the_configured_visibility_lag_plus_lookback(
+    tmp_path: Path,
+    writer: Writer,
+    client_for: list[PetstoreClient],
+    visibility_lag: str,
+    age: float,
+    spared: bool,
+) -> None:
+    path = tmp_path / "mirror.db"
+    with running_simulator(SimConfig(seed=4, rate=0, max_lag=0, preload_customers=5)) as sim:
+        cfg = make_config(sim.base_url, path, lookback="1s", visibility_lag=visibility_lag)
+        client = _client(sim, client_for)
+        await Poller(client, writer, cfg).poll("customers")
+        await writer.run(_age_sync, "customers")
+        # Changed `age` seconds before the relist (by the poller's clock) and not listed yet.
+        sim.control({"max_lag": 3600})
+        synced = time.time()
+        fresh_id = sim.call(sim.simulator.shop.register_customer, int(synced * 1000))
+        body = sim.call(sim.simulator.tables["customers"].get, fresh_id)
+        await writer.run(
+            lambda s: apply_batch(
+                s, [parse_record("customers", json.loads(body), "webhook")], synced_at=format_epoch(synced)
+            )
+        )
+        relister = Poller(client, writer, cfg, clock=lambda: synced + age)
+        result = await relister.full_relist("customers")
+    assert (fresh_id in mirror_versions(path, "customers")) is spared
+    assert result.tombstoned == (0 if spared else 1)
+
+
 async def test_full_relist_tombstones_spares_and_restores(
     tmp_path: Path, writer: Writer, client_for: list[PetstoreClient]
 ) -> None:
