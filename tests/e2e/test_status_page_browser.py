@@ -19,6 +19,7 @@ import pytest
 from tests.e2e.conftest import DaemonProcess, SimProcess, order_created
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
+from selenium.common.exceptions import NoSuchElementException  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -62,7 +63,16 @@ def _order_created(n: int) -> tuple[bytes, dict[str, str]]:
 
 
 def _text(driver: webdriver.Chrome, css: str) -> str:
-    text: str = driver.find_element(By.CSS_SELECTOR, css).text
+    """The element's rendered text, read in one script call: the page replaces its table
+    rows on every refresh, so an element found by one call may be gone by the next one
+    (a stale element reference)."""
+    text = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e === null ? null : e.innerText.trim();",
+        css,
+    )
+    if not isinstance(text, str):
+        # What find_element raises, so a wait keeps waiting for the element to appear.
+        raise NoSuchElementException(f"no element matches {css!r}")
     return text
 
 
@@ -86,8 +96,10 @@ def test_the_page_shows_the_daemon_and_follows_new_webhooks_without_reloading(
     assert _text(browser, "#mode-current") == "push"
     assert _text(browser, "#mode-reason") == "started in push mode"
     assert _text(browser, "#daemon").startswith("running, pid ")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#resources tbody tr")
-    assert [r.get_attribute("data-resource") for r in rows] == ["orders", "customers", "inventory"]
+    resources = browser.execute_script(
+        "return [...document.querySelectorAll('#resources tbody tr')].map(r => r.dataset.resource);"
+    )
+    assert resources == ["orders", "customers", "inventory"]
     assert _text(browser, "#resources tr[data-resource='customers'] .live") == "3"
     assert _text(browser, "#resources tr[data-resource='orders'] .tombstoned") == "0"
     assert _text(browser, "#last-webhook") == "never"
