@@ -52,7 +52,8 @@ from syncd.feed.base import SinkError
 from syncd.feed.command import CommandSink
 from syncd.feed.http import HttpSink
 from syncd.feed.log import WriterChangeLog
-from syncd.feed.runner import Backoff, ChangeNotifier, OnFailure, SinkRunner, Start
+from syncd.feed.notifier import ChangeNotifier
+from syncd.feed.runner import Backoff, OnFailure, SinkRunner, Start
 from syncd.service.gc_tuning import serving_heap
 from syncd.store import changelog
 from syncd.store.apply import apply_batch

@@ -42,7 +42,7 @@ def _name(fn: Any) -> str:
 
 
 def install() -> None:
-    from syncd.feed import http, log, runner
+    from syncd.feed import http, log, notifier
     from syncd.push import inbox, inbox_worker
     from syncd.service import daemon
     from syncd.store import writer
@@ -126,8 +126,8 @@ def install() -> None:
     inbox_worker.InboxWorker._deferred = traced_deferred  # type: ignore[method-assign]
 
     # -- waking the runners ---------------------------------------------------------------
-    notify_threadsafe = runner.ChangeNotifier.notify_threadsafe
-    notify = runner.ChangeNotifier.notify
+    notify_threadsafe = notifier.ChangeNotifier.notify_threadsafe
+    notify = notifier.ChangeNotifier.notify
 
     def traced_notify_threadsafe(self: Any) -> None:
         trace["notify"].append(("writer", now()))
@@ -137,8 +137,8 @@ def install() -> None:
         trace["notify"].append(("loop", now()))
         notify(self)
 
-    runner.ChangeNotifier.notify_threadsafe = traced_notify_threadsafe  # type: ignore[method-assign]
-    runner.ChangeNotifier.notify = traced_notify  # type: ignore[method-assign]
+    notifier.ChangeNotifier.notify_threadsafe = traced_notify_threadsafe  # type: ignore[method-assign]
+    notifier.ChangeNotifier.notify = traced_notify  # type: ignore[method-assign]
 
     # -- the runner's reads and the sink's requests --------------------------------------
     read_after = log.WriterChangeLog.read_after

@@ -35,7 +35,7 @@ from syncd.core.records import (
 )
 from syncd.errors import RecordError
 from syncd.metrics import Metrics
-from syncd.push.inbox import parsed_bodies
+from syncd.push.parse_memo import parsed_bodies
 
 log = logging.getLogger(__name__)
 

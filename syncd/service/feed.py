@@ -34,7 +34,8 @@ from syncd.errors import StoreClosedError
 from syncd.feed.base import Sink
 from syncd.feed.build import build_sink, runner_options, sink_warnings
 from syncd.feed.log import WriterChangeLog
-from syncd.feed.runner import Backoff, ChangeNotifier, DeliveryReport, SinkRunner, Sleep
+from syncd.feed.notifier import ChangeNotifier
+from syncd.feed.runner import Backoff, DeliveryReport, SinkRunner, Sleep
 from syncd.metrics import Metrics
 from syncd.store import changelog, sinkstore
 from syncd.store.db import Store

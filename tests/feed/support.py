@@ -17,7 +17,7 @@ from standardwebhooks import Webhook
 
 from syncd.core.changes import ChangeKind, ChangeSource, new_change
 from syncd.feed.log import ConnectionChangeLog
-from syncd.feed.runner import ChangeNotifier
+from syncd.feed.notifier import ChangeNotifier
 from syncd.store import changelog
 
 SECRET = "whsec_" + base64.b64encode(b"feed-test-secret-32-bytes-long!!").decode()

@@ -20,7 +20,8 @@ from syncd.feed.build import PASSED_ENV, build_sink, runner_options, sink_enviro
 from syncd.feed.command import CommandSink
 from syncd.feed.http import HttpSink
 from syncd.feed.log import ConnectionChangeLog
-from syncd.feed.runner import ChangeNotifier, OnFailure, SinkRunner, Start
+from syncd.feed.notifier import ChangeNotifier
+from syncd.feed.runner import OnFailure, SinkRunner, Start
 from syncd.store import changelog
 
 from .support import MIRROR, SECRET, FakeClock, Receiver, append_orders

@@ -15,7 +15,8 @@ from syncd.feed import command
 from syncd.feed.base import SinkError
 from syncd.feed.command import CommandSink
 from syncd.feed.log import ConnectionChangeLog
-from syncd.feed.runner import ChangeNotifier, OnFailure, SinkRunner, Start
+from syncd.feed.notifier import ChangeNotifier
+from syncd.feed.runner import OnFailure, SinkRunner, Start
 from syncd.store import changelog
 
 from .support import MIRROR, FakeClock, append_orders, until

@@ -21,7 +21,8 @@ from syncd.core.records import Change as RecordChange
 from syncd.core.records import Source
 from syncd.feed.base import DeliveryState, SinkError
 from syncd.feed.log import WriterChangeLog
-from syncd.feed.runner import Backoff, ChangeNotifier, OnFailure, SinkRunner, Start
+from syncd.feed.notifier import ChangeNotifier
+from syncd.feed.runner import Backoff, OnFailure, SinkRunner, Start
 from syncd.poll.listing_guards import RelistGuard
 from syncd.poll.transactions import commit_page, finish_listing
 from syncd.store import changelog

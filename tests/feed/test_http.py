@@ -17,7 +17,8 @@ from syncd.core.changes import Change
 from syncd.feed.base import DeliveryState, SinkError
 from syncd.feed.http import HttpSink
 from syncd.feed.log import ConnectionChangeLog
-from syncd.feed.runner import ChangeNotifier, OnFailure, SinkRunner, Start
+from syncd.feed.notifier import ChangeNotifier
+from syncd.feed.runner import OnFailure, SinkRunner, Start
 from syncd.store import changelog
 
 from .support import MIRROR, SECRET, Action, FakeClock, Receiver, Request, append_orders

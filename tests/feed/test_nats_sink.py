@@ -21,7 +21,8 @@ from syncd.config_nats import NatsConfig
 from syncd.feed.base import SinkError
 from syncd.feed.log import ConnectionChangeLog
 from syncd.feed.nats import NatsSink, _batch_headers, batch_frames, subject_of
-from syncd.feed.runner import ChangeNotifier, SinkRunner
+from syncd.feed.notifier import ChangeNotifier
+from syncd.feed.runner import SinkRunner
 from syncd.jetstream import JetStreamLink, changes_stream
 from tests.nats_support import NatsCluster, free_port, running_cluster
 

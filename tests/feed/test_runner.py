@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from syncd.core.changes import Change, ChangeKind, ChangeSource, matches, new_change
 from syncd.feed.base import SinkError
 from syncd.feed.log import ConnectionChangeLog, WriterChangeLog
-from syncd.feed.runner import Backoff, ChangeNotifier, DeliveryReport, OnFailure, SinkRunner, Start
+from syncd.feed.notifier import ChangeNotifier
+from syncd.feed.runner import Backoff, DeliveryReport, OnFailure, SinkRunner, Start
 from syncd.store import changelog
 from syncd.store.db import Store
 from syncd.store.writer import Writer

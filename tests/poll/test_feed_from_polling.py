@@ -16,7 +16,8 @@ import pytest
 from syncd.api import PetstoreClient
 from syncd.core.changes import Change, ChangeKind, ChangeSource
 from syncd.feed.log import WriterChangeLog
-from syncd.feed.runner import ChangeNotifier, SinkRunner, Start
+from syncd.feed.notifier import ChangeNotifier
+from syncd.feed.runner import SinkRunner, Start
 from syncd.poll.poller import Poller
 from syncd.sim.clock import format_ms, now_ms
 from syncd.sim.config import SimConfig

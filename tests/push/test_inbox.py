@@ -234,7 +234,7 @@ async def test_replayable_transactions_skip_the_fsync_but_restore_full(writer: W
 
 
 async def test_committed_parses_reach_the_worker_once_and_the_memo_is_bounded(writer: Writer) -> None:
-    from syncd.push.inbox import ParsedBodies, parsed_bodies
+    from syncd.push.parse_memo import ParsedBodies, parsed_bodies
 
     inbox = Inbox(writer)
     await inbox.start()
