@@ -69,9 +69,25 @@ def start_simulator(orders: int) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"the simulator exited with {proc.wait()} before listening")
 
 
+#: The collector settings syncd's sync runs under: "daemon" is `syncd run`'s (serving_heap),
+#: which its first sync runs under; "default" is CPython's. Set from --collector.
+COLLECTOR = "daemon"
+
+
 def run_child(kind: str, url: str, workdir: Path, expected: int) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--url", url, "--workdir", str(workdir)],
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--url",
+            url,
+            "--workdir",
+            str(workdir),
+            "--collector",
+            COLLECTOR,
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -93,13 +109,15 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child_syncd(url: str, workdir: Path) -> dict[str, Any]:
+def child_syncd(url: str, workdir: Path, collector: str = "daemon") -> dict[str, Any]:
     import asyncio
+    import contextlib
 
     from syncd.api import PetstoreClient
     from syncd.config import Config
     from syncd.config_secrets import Secrets
     from syncd.poll.poller import Poller
+    from syncd.service.gc_tuning import serving_heap
     from syncd.store.db import Store
     from syncd.store.writer import Writer
 
@@ -119,8 +137,10 @@ def child_syncd(url: str, workdir: Path) -> dict[str, Any]:
         finally:
             writer.stop()
 
+    heap = serving_heap() if collector == "daemon" else contextlib.nullcontext()
     cpu_before = cpu_seconds()
-    seen, seconds, requests = asyncio.run(main())
+    with heap:
+        seen, seconds, requests = asyncio.run(main())
     cpu = cpu_seconds() - cpu_before
     conn = Store.open_reader(db)
     stored = conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
@@ -280,14 +300,25 @@ def main() -> int:
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs of the same-size comparison; the best counts"
     )
+    parser.add_argument(
+        "--collector",
+        choices=["daemon", "default"],
+        default="daemon",
+        help="syncd's collector settings: the daemon's (serving_heap, as its first sync runs) or CPython's",
+    )
     parser.add_argument("--child", choices=["syncd", "dlt", "raw"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    global COLLECTOR  # the children take it on their command line
+    COLLECTOR = args.collector
     if args.child:
-        fn = {"syncd": child_syncd, "dlt": child_dlt, "raw": child_raw}[args.child]
-        print(json.dumps(fn(args.url, Path(args.workdir))))
+        if args.child == "syncd":
+            result = child_syncd(args.url, Path(args.workdir), args.collector)
+        else:
+            result = {"dlt": child_dlt, "raw": child_raw}[args.child](args.url, Path(args.workdir))
+        print(json.dumps(result))
         return 0
 
     if args.quick:
@@ -323,6 +354,7 @@ def main() -> int:
                 "ratio_vs_dlt compares orders/s at the same size"
             )
         checks["dlt_ratio"] = ratio >= TARGET_RATIO
+    report["collector"] = "the daemon's (serving_heap)" if COLLECTOR == "daemon" else "CPython's default"
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     report["cpus"] = os.cpu_count()
     report["checks"] = checks
@@ -369,6 +401,7 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
     ]
     notes = [
         f"load average during the run: {report['load_average']}",
+        f"syncd's collector settings: {report['collector']}",
         f"syncd CPU per order {1e6 / syncd['orders_per_cpu_second']:.1f} us"
         f" (raw executemany {1e6 / report['raw_executemany']['orders_per_cpu_second']:.1f} us)",
     ]

@@ -21,6 +21,10 @@ _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
     re.ASCII,
 )
+#: The API's own form (UTC, milliseconds, `Z`), which nearly every timestamp syncd reads has:
+#: a listing parses each record's updatedAt, so this form skips the general pattern and the
+#: conversion to UTC (fromisoformat reads `Z` as UTC already).
+_API_FORM = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:[0-5]\d\.\d{3}Z", re.ASCII)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -37,6 +41,11 @@ def parse(value: str) -> datetime:
     """RFC 3339 -> aware datetime in UTC. Raises TimestampError."""
     if not isinstance(value, str):
         raise TimestampError(value, f"expected a string, got {type(value).__name__}")
+    if _API_FORM.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass  # a day or hour out of range: the general path says which
     m = _RFC3339.fullmatch(value)
     if m is None:
         raise TimestampError(value, "expected YYYY-MM-DDTHH:MM:SS[.fraction] and Z or an offset")
@@ -97,7 +106,9 @@ def format_ms(ms: int) -> str:
 
 
 def _format(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    # The year by hand: strftime's %Y does not pad years before 1000 on every platform
+    # ("999-01-01..."), which would be no RFC 3339 timestamp at all.
+    return f"{dt.year:04d}-" + dt.strftime("%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def normalize(value: str) -> str:

@@ -86,3 +86,35 @@ def test_any_offset_and_fraction_round_trips(instant: datetime, offset: int, dig
     assert timefmt.parse(text) == expected
     assert timefmt.normalize(timefmt.normalize(text)) == timefmt.normalize(text)
     assert timefmt.format_ms(timefmt.to_ms(text)) == timefmt.normalize(text)
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)))
+def test_the_api_form_parses_to_the_same_instant_as_any_other_spelling(instant: datetime) -> None:
+    # The API's own form takes a shorter path; its instant must be what the general path
+    # gives for the same instant spelled with an offset.
+    millis = instant.replace(microsecond=instant.microsecond // 1000 * 1000)
+    api_form = (
+        f"{millis.year:04d}-" + millis.strftime("%m-%dT%H:%M:%S.") + f"{millis.microsecond // 1000:03d}Z"
+    )
+    assert timefmt.parse(api_form) == millis
+    assert timefmt.parse(api_form).tzinfo is UTC
+    assert timefmt.to_ms(api_form) == timefmt.to_ms(api_form.replace("Z", "+00:00"))
+    assert timefmt.format_ms(timefmt.to_ms(api_form)) == api_form
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-02-30T00:00:00.000Z",
+        "2024-01-15T24:00:00.000Z",
+        "0000-01-01T00:00:00.000Z",
+        "2024-00-15T10:00:00.000Z",
+    ],
+)
+def test_the_api_form_with_a_field_out_of_range_is_refused(text: str) -> None:
+    with pytest.raises(timefmt.TimestampError, match="not an RFC 3339 timestamp"):
+        timefmt.parse(text)
+
+
+def test_a_leap_second_in_the_api_form_is_clamped() -> None:
+    assert timefmt.normalize("2016-12-31T23:59:60.250Z") == "2016-12-31T23:59:59.999Z"

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from syncd import jsonparse, timefmt
 from syncd.contract import EVENTS
@@ -56,9 +56,10 @@ class EventOutcome(StrEnum):
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One version of one record, as the API or a webhook showed it."""
+class Change(NamedTuple):
+    """One version of one record, as the API or a webhook showed it. A named tuple, not a
+    frozen dataclass: a listing builds one per record, and a frozen dataclass's constructor
+    (one `object.__setattr__` per field) cost 1.6 us of the 2.8 us a record took to parse."""
 
     resource: str
     id: RecordId

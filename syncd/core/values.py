@@ -29,6 +29,10 @@ class StoredState(NamedTuple):
 #: Values SQLite stores as they are; checked by exact type first because this runs for every
 #: field of every record applied. Floats are not among them: SQLite turns NaN into NULL.
 PLAIN_TYPES = frozenset({str, type(None)})
+#: What the store binds as it is when it writes rows: PLAIN_TYPES and int. Integers past 64
+#: bits fail to bind (OverflowError) and only then are converted, like lone surrogates: a
+#: listing binds two integers per order (id, version), and the conversion was a call each.
+BOUND_AS_IS = frozenset({str, type(None), int})
 _INT_MIN, _INT_MAX = -(2**63), 2**63
 _JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 _JSON_ASCII = json.JSONEncoder(separators=(",", ":"), sort_keys=True)

@@ -11,7 +11,7 @@ from typing import Any
 import sqlite_utils
 
 from syncd.core.records import AUTHORITY
-from syncd.core.values import PLAIN_TYPES, StoredState, storable_text, to_column_value
+from syncd.core.values import BOUND_AS_IS, StoredState, storable_text, to_column_value
 from syncd.errors import ColumnLimitError, StoreError
 from syncd.store.schema import RESERVED_FIELDS, column_for, field_key, fold, quote
 from syncd.store.sql import chunks
@@ -187,21 +187,21 @@ class MirrorTables:
         names, sql = self._upsert(resource)
         listed_value = 0 if listed is None else listed
         conv = to_column_value
-        plain = PLAIN_TYPES
+        as_is = BOUND_AS_IS
         authority = AUTHORITY
         rows: list[list[Any]] = []
         for data, version, source in records:
-            row = [v if type(v) in plain else conv(v) for v in map(data.get, names)]
+            row = [v if type(v) in as_is else conv(v) for v in map(data.get, names)]
             row += (version, source, authority.get(source, 0), synced_at, 0, listed_value)
             rows.append(row)
         try:
             self.conn.executemany(sql, rows)
-        except UnicodeEncodeError:
-            # A string with a lone surrogate: rare, so strings are bound as they are and
-            # escaped only when binding fails. The upsert makes writing the rows before it
-            # again harmless.
+        except (UnicodeEncodeError, OverflowError):
+            # A string with a lone surrogate or an integer past 64 bits: rare, so both are
+            # bound as they are and converted only when binding fails. The upsert makes
+            # writing the rows before it again harmless.
             for row in rows:
-                row[:] = [storable_text(v) if type(v) is str else v for v in row]
+                row[:] = [_storable(v) for v in row]
             self.conn.executemany(sql, rows)
 
     def raise_authority(self, resource: str, rows: Sequence[tuple[int, Any]]) -> None:
@@ -242,6 +242,14 @@ class MirrorTables:
     def _unlisted_args(generation: int, spare_since: str) -> tuple[int, float, float]:
         spare = to_epoch(spare_since)
         return generation, spare, spare
+
+
+def _storable(value: Any) -> Any:
+    """A value bound as it is (BOUND_AS_IS) as the store holds it: escaped or converted."""
+    kind = type(value)
+    if kind is str:
+        return storable_text(value)
+    return to_column_value(value) if kind is int else value
 
 
 def mirror_counts(conn: sqlite3.Connection, resource: str) -> tuple[int, int]:

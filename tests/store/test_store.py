@@ -300,6 +300,20 @@ def test_nested_values_are_json_text_and_big_ints_keep_their_digits(store: Store
     assert stored["edge"] == str(2**63)
 
 
+def test_an_integer_past_64_bits_in_a_batch_converts_only_where_needed(store: Store) -> None:
+    # Integers are bound as they are; the one that cannot bind sends the whole batch through
+    # the converting path again, and the rows written before it must come out the same.
+    store.write_records("orders", [(order(1, qty=5), 1, "poll")], synced_at=SYNCED)
+    store.write_records(
+        "orders",
+        [(order(1, 2, qty=7), 2, "poll"), (order(2, qty=2**64), 1, "poll"), (order(3, qty=-3), 1, "poll")],
+        synced_at=SYNCED,
+    )
+    assert [row(store, "orders", i)["qty"] for i in (1, 2, 3)] == [7, str(2**64), -3]
+    assert row(store, "orders", 1)["_version"] == 2
+    assert store.conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 3
+
+
 def test_mirror_states_and_contents(store: Store) -> None:
     store.write_records(
         "customers",
