@@ -54,7 +54,7 @@ from syncd.feed.http import HttpSink
 from syncd.feed.log import WriterChangeLog
 from syncd.feed.notifier import ChangeNotifier
 from syncd.feed.runner import Backoff, OnFailure, SinkRunner, Start
-from syncd.service.gc_tuning import serving_heap
+from syncd.heap import serving_heap
 from syncd.store import changelog
 from syncd.store.apply import apply_batch
 from syncd.store.db import Store

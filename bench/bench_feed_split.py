@@ -31,7 +31,7 @@ from pathlib import Path
 from bench_apply import BATCH, changes
 
 from syncd.core.changes import ChangeKind, change_row, changed_fields, load_json, rule_for
-from syncd.service.gc_tuning import serving_heap
+from syncd.heap import serving_heap
 from syncd.store import changelog
 from syncd.store.apply import apply_batch
 from syncd.store.db import Store

@@ -116,8 +116,8 @@ def child_syncd(url: str, workdir: Path, collector: str = "daemon") -> dict[str,
     from syncd.api import PetstoreClient
     from syncd.config import Config
     from syncd.config_secrets import Secrets
+    from syncd.heap import serving_heap
     from syncd.poll.poller import Poller
-    from syncd.service.gc_tuning import serving_heap
     from syncd.store.db import Store
     from syncd.store.writer import Writer
 

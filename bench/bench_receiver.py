@@ -109,12 +109,12 @@ def serve(kind: str, port: int, db: str, latencies_out: str | None) -> None:
     from starlette.routing import Route
 
     from syncd.config import WebhookConfig
+    from syncd.heap import serving_heap
     from syncd.metrics import Metrics
     from syncd.push.audit import AuditLog
     from syncd.push.inbox import Inbox
     from syncd.push.inbox_worker import InboxWorker
     from syncd.push.receiver_app import create_receiver_app, uvicorn_config
-    from syncd.service.gc_tuning import serving_heap
     from syncd.store.db import Store
     from syncd.store.writer import Writer
 

@@ -29,7 +29,7 @@ _CHILD = r"""
 import contextlib, json, sys, tempfile
 from pathlib import Path
 import syncd, bench_feed
-from syncd.service.gc_tuning import serving_heap
+from syncd.heap import serving_heap
 tree, records, log, collector = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "on", sys.argv[4]
 if not syncd.__file__.startswith(tree):
     raise SystemExit(f"imported {syncd.__file__}, not the tree {tree}")

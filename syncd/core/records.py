@@ -102,7 +102,9 @@ _DECIMAL_ID_RE = re.compile(r"[0-9]+")
 
 
 def _check_id(value: object, resource: str) -> RecordId:
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+        return value  # the usual id of a listing's order: nothing to normalize
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise RecordError(f"id must be an integer or a string, got {value!r}", resource=resource)
     if isinstance(value, str):
         if not value:

@@ -12,11 +12,21 @@ syncd), is dropped and the resource listed in full again.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from syncd import timefmt
+from syncd.core.records import Change
 from syncd.store.cursors import CursorState
 from syncd.store.db import Store
+
+if TYPE_CHECKING:
+    from syncd.metrics import Metrics
+
+#: The poller's logger: these warnings are about its listings, and have always come from it.
+log = logging.getLogger("syncd.poll.poller")
 
 #: Far-future records remembered so each is counted and logged once, not on every poll.
 FUTURE_REMEMBERED = 4096
@@ -94,3 +104,34 @@ class FutureSightings:
         if len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
         return True
+
+    def report(
+        self,
+        resource: str,
+        changes: Sequence[Change],
+        stamps: Sequence[int | None],
+        trust_until: int,
+        dated: bool,
+        max_skew: float,
+        metrics: Metrics | None,
+    ) -> int:
+        """Count and log, once per record and timestamp, the changes stamped past
+        `trust_until` (`dated`: the page had a Date header). Returns how many were new."""
+        clock = "the API's Date header" if dated else "this host's clock (no Date header)"
+        new = 0
+        for change, ms in zip(changes, stamps, strict=True):
+            if ms is None or ms <= trust_until or not self.first_sighting(resource, change.id, ms):
+                continue
+            new += 1
+            if metrics is not None:
+                metrics.future_timestamps.labels(resource=resource).inc()
+            log.warning(
+                "%s: record %r has updatedAt %s, more than poll.max_clock_skew (%gs) ahead of %s;"
+                " mirrored, but the cursor does not move to it",
+                resource,
+                change.id,
+                change.updated_at,
+                max_skew,
+                clock,
+            )
+        return new

@@ -16,6 +16,7 @@ whatever the size of the listing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ from syncd import timefmt
 from syncd.core.reconcile import BatchResult, Outcome
 from syncd.core.records import Change, parse_record
 from syncd.errors import CursorExpiredError, ListingLoopError, RecordError
+from syncd.heap import listing_heap
 from syncd.poll import transactions
 from syncd.poll.cursor import FutureSightings, instant_ms, later, trust_limit, trusted_cursor
 from syncd.poll.listing_guards import PagingGuard, RelistGuard
@@ -174,6 +176,18 @@ class Poller:
         prev_cursor: str | None,
         relist: RelistGuard | None = None,
     ) -> None:
+        # A full listing's pages in flight outlive young collections (syncd.heap).
+        with listing_heap() if result.kind == "full" else contextlib.nullcontext():
+            await self._list(result, since, generation, prev_cursor, relist)
+
+    async def _list(
+        self,
+        result: PollResult,
+        since: str | None,
+        generation: int | None,
+        prev_cursor: str | None,
+        relist: RelistGuard | None,
+    ) -> None:
         resource = result.resource
         result.cursor = prev_cursor
         started = time.monotonic()
@@ -315,38 +329,18 @@ class Poller:
             trust_until = trust_limit(api_now, self.clock(), self.cfg.poll.max_clock_skew)
             trusted = [ms for ms in stamps if ms is not None and ms <= trust_until]
             if any(ms is not None and ms > trust_until for ms in stamps):
-                self._future(result, changes, stamps, trust_until, api_now is not None)
+                result.future += self._future_seen.report(
+                    resource,
+                    changes,
+                    stamps,
+                    trust_until,
+                    api_now is not None,
+                    self.cfg.poll.max_clock_skew,
+                    self.metrics,
+                )
             page_max = max(trusted, default=None)
             fresh = sum(1 for ms in trusted if prev_ms is None or ms > prev_ms)
         return PageGroup(resource, changes, page_max, fresh, len(page.records), rejected=rejected)
-
-    def _future(
-        self,
-        result: PollResult,
-        changes: list[Change],
-        stamps: list[int | None],
-        trust_until: int,
-        dated: bool,
-    ) -> None:
-        """Count and log, once per record and timestamp, records stamped too far ahead."""
-        clock = "the API's Date header" if dated else "this host's clock (no Date header)"
-        for change, ms in zip(changes, stamps, strict=True):
-            if ms is None or ms <= trust_until:
-                continue
-            if not self._future_seen.first_sighting(result.resource, change.id, ms):
-                continue
-            result.future += 1
-            if self.metrics is not None:
-                self.metrics.future_timestamps.labels(resource=result.resource).inc()
-            log.warning(
-                "%s: record %r has updatedAt %s, more than poll.max_clock_skew (%gs) ahead of %s;"
-                " mirrored, but the cursor does not move to it",
-                result.resource,
-                change.id,
-                change.updated_at,
-                self.cfg.poll.max_clock_skew,
-                clock,
-            )
 
     def _submit(self, group: PageGroup, generation: int | None) -> PageGroup:
         group.future = asyncio.wrap_future(

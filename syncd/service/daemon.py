@@ -26,6 +26,7 @@ from collections.abc import Callable
 from syncd.api import PetstoreClient
 from syncd.config import Config, check_warnings, load_config
 from syncd.errors import StoreClosedError, StoreError, SyncdError
+from syncd.heap import serving_heap
 from syncd.logs import SecretRedactor
 from syncd.metrics import Metrics
 from syncd.poll.poller import Poller, PollResult
@@ -34,7 +35,6 @@ from syncd.push.backlog import Backlog
 from syncd.push.inbox import Inbox
 from syncd.service.admin import AdminProbe, create_admin_app
 from syncd.service.feed import FeedOptions, FeedService, open_store
-from syncd.service.gc_tuning import serving_heap
 from syncd.service.listeners import DaemonServer, bind_listener, take_activated_sockets
 from syncd.service.modes import ModeControl, poll_interval, starting_mode
 from syncd.service.pushing import start_push

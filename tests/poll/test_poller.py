@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from syncd.api import PetstoreClient
 from syncd.cli import main
 from syncd.core.records import parse_record
+from syncd.heap import LISTING_GEN0_THRESHOLD
 from syncd.metrics import Metrics
 from syncd.poll.poller import Poller
 from syncd.sim.config import FaultConfig, SimConfig
@@ -176,6 +178,49 @@ async def test_first_sync_lists_everything_page_by_page(
     conn.close()
     assert cursor_of(tmp_path / "mirror.db", "orders") == newest == result.cursor
     assert metrics.records.labels(source="poll", outcome="applied")._value.get() == 1000
+
+
+class ThresholdRecorder(Recorder):
+    """Remembers the collector's young-generation threshold at every committed page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thresholds: list[int] = []
+
+    def advance(self, resource: str, records: int, last_updated_at: str | None) -> None:
+        self.thresholds.append(gc.get_threshold()[0])
+        super().advance(resource, records, last_updated_at)
+
+
+async def test_full_listings_collect_young_objects_less_often_and_polls_do_not(
+    tmp_path: Path, writer: Writer, client_for: list[PetstoreClient]
+) -> None:
+    before = gc.get_threshold()
+    recorder = ThresholdRecorder()
+    with running_simulator(SimConfig(rate=0, max_lag=0, preload_orders=300)) as sim:
+        cfg = make_config(sim.base_url, tmp_path / "mirror.db", page_size=100)
+        poller = Poller(_client(sim, client_for), writer, cfg, progress=recorder)
+        assert (await poller.poll("orders")).initial
+        assert recorder.thresholds
+        assert set(recorder.thresholds) == {max(before[0], LISTING_GEN0_THRESHOLD)}
+        assert gc.get_threshold() == before
+        recorder.thresholds.clear()
+        await poller.full_relist("orders")
+        assert set(recorder.thresholds) == {max(before[0], LISTING_GEN0_THRESHOLD)}
+        assert gc.get_threshold() == before
+        sim.step(5)
+        seen = []
+        real_prepare = poller._prepare
+
+        def prepare(*args: object) -> object:
+            seen.append(gc.get_threshold()[0])
+            return real_prepare(*args)  # type: ignore[arg-type]
+
+        poller._prepare = prepare  # type: ignore[method-assign]
+        result = await poller.poll("orders")
+    assert result.kind == "incremental"
+    assert seen
+    assert set(seen) == {before[0]}
 
 
 async def test_a_first_sync_without_a_progress_bar_logs_plain_lines(
