@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from collections.abc import Iterator
 
 #: Allocations between collections of the youngest generation (CPython's default is 700).
@@ -16,10 +17,33 @@ GC_GEN0_THRESHOLD = 10_000
 #: the size of what a listing holds, collections all but stop.
 LISTING_GEN0_THRESHOLD = 50_000
 
-#: Full listings running now (several resources may list at once) and the threshold the
-#: first of them raised.
-_listings = 0
-_before_listings: tuple[int, int, int] = (GC_GEN0_THRESHOLD, 10, 10)
+#: The young-generation thresholds the settings in force want (a serving daemon, each full
+#: listing; several resources may list at once), and the thresholds from before the first of
+#: them. The collector runs at the largest wanted; the old thresholds come back with the last
+#: one, in whatever order they end (a listing may outlive serving, or start before it).
+_wanted: list[int] = []
+_before: tuple[int, int, int] = gc.get_threshold()
+_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _young_threshold(threshold: int) -> Iterator[None]:
+    global _before
+    with _lock:
+        if not _wanted:
+            _before = gc.get_threshold()
+        _wanted.append(threshold)
+        _set_young()
+    try:
+        yield
+    finally:
+        with _lock:
+            _wanted.remove(threshold)
+            _set_young()
+
+
+def _set_young() -> None:
+    gc.set_threshold(max([_before[0], *_wanted]), *_before[1:])
 
 
 @contextlib.contextmanager
@@ -31,32 +55,18 @@ def serving_heap() -> Iterator[None]:
     generations; with the default settings the collections that follow cost the receiver
     about a tenth of its CPU (bench/bench_receiver.py measures with the same settings).
     Non-cyclic garbage is still freed at once by reference counting."""
-    thresholds = gc.get_threshold()
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *thresholds[1:])
     try:
-        yield
+        with _young_threshold(GC_GEN0_THRESHOLD):
+            yield
     finally:
-        gc.set_threshold(*thresholds)
         gc.unfreeze()
 
 
 @contextlib.contextmanager
 def listing_heap() -> Iterator[None]:
     """Young collections at most every LISTING_GEN0_THRESHOLD allocations while a full listing
-    runs; the threshold before the first listing comes back when the last one ends (unless
-    something else changed it meanwhile, such as the daemon leaving `serving_heap`). Cyclic
-    garbage made meanwhile waits a little longer; nothing else changes."""
-    global _listings, _before_listings
-    if _listings == 0:
-        _before_listings = gc.get_threshold()
-        if _before_listings[0] < LISTING_GEN0_THRESHOLD:
-            gc.set_threshold(LISTING_GEN0_THRESHOLD, *_before_listings[1:])
-    _listings += 1
-    try:
+    runs. Cyclic garbage made meanwhile waits a little longer; nothing else changes."""
+    with _young_threshold(LISTING_GEN0_THRESHOLD):
         yield
-    finally:
-        _listings -= 1
-        if _listings == 0 and gc.get_threshold()[0] == max(_before_listings[0], LISTING_GEN0_THRESHOLD):
-            gc.set_threshold(*_before_listings)

@@ -49,17 +49,36 @@ def test_listing_heap_restores_the_threshold_when_a_listing_fails() -> None:
     assert gc.get_threshold() == before
 
 
-def test_listing_heap_inside_serving_heap_and_outliving_it() -> None:
+def test_listing_heap_and_serving_heap_in_any_order() -> None:
     before = gc.get_threshold()
     with serving_heap():
         with listing_heap():
             assert gc.get_threshold()[0] == LISTING_GEN0_THRESHOLD
         assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
-    # A listing still running when the daemon leaves serving_heap does not put the serving
-    # threshold back when it ends: what serving_heap restored stays.
+    assert gc.get_threshold() == before
+    # A listing that outlives serving keeps its threshold until it ends.
     listing = listing_heap()
     with serving_heap():
         listing.__enter__()
-    assert gc.get_threshold() == before
+    assert gc.get_threshold()[0] == LISTING_GEN0_THRESHOLD
     listing.__exit__(None, None, None)
     assert gc.get_threshold() == before
+    # A listing that started before serving ends inside it: serving's threshold stays.
+    listing = listing_heap()
+    listing.__enter__()
+    with serving_heap():
+        assert gc.get_threshold()[0] == LISTING_GEN0_THRESHOLD
+        listing.__exit__(None, None, None)
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, *before[1:])
+    assert gc.get_threshold() == before
+
+
+def test_a_higher_threshold_set_before_is_kept() -> None:
+    before = gc.get_threshold()
+    gc.set_threshold(200_000, *before[1:])
+    try:
+        with serving_heap(), listing_heap():
+            assert gc.get_threshold()[0] == 200_000
+        assert gc.get_threshold()[0] == 200_000
+    finally:
+        gc.set_threshold(*before)
