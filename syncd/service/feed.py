@@ -2,10 +2,6 @@
 the store's change log, plus pruning of the log, the sinks' state for `syncd status` and
 their metrics.
 
-- Threads: the runners and their sinks run on an event loop of their own (`SinkLoop`, one
-  thread for all of them), so their requests do not queue behind the receiver's; pruning,
-  status and metrics stay on the daemon's loop. Starting, stopping and closing a runner is
-  handed to the sinks' loop and awaited.
 - Wake-ups: the writer calls `ChangeNotifier.notify_threadsafe` after each commit that
   appended changes (a recorder listener), so runners never poll the log.
 - Reads: the runners read the log on a read-only connection of their own (WAL lets it read
@@ -40,7 +36,6 @@ from syncd.feed.build import build_sink, runner_options, sink_warnings
 from syncd.feed.log import WriterChangeLog
 from syncd.feed.notifier import ChangeNotifier
 from syncd.feed.runner import Backoff, DeliveryReport, SinkRunner, Sleep
-from syncd.feed.sink_loop import SinkLoop, same_kind_of_loop
 from syncd.metrics import Metrics
 from syncd.store import changelog, sinkstore
 from syncd.store.db import Store
@@ -70,9 +65,8 @@ def open_store(path: str, changes: ChangesConfig) -> Store:
 
 @dataclass(frozen=True, slots=True)
 class FeedOptions:
-    """What tests replace: the runners' backoff and sleep (awaited on the sinks' loop), the
-    clock pruning's retention is measured against, and how often sink states are written
-    for status."""
+    """What tests replace: the runners' backoff and sleep, the clock pruning's retention is
+    measured against, and how often sink states are written for status."""
 
     backoff: Backoff = field(default_factory=Backoff)
     sleep: Sleep = asyncio.sleep
@@ -137,7 +131,6 @@ class FeedService:
         self._task: asyncio.Task[None] | None = None
         # Reloads and resets change the set of runners; one at a time.
         self._changing = asyncio.Lock()
-        self._loop = SinkLoop(same_kind_of_loop())
 
     @property
     def runners(self) -> dict[str, SinkRunner]:
@@ -148,8 +141,7 @@ class FeedService:
     async def start(self) -> None:
         for warning in sink_warnings(self.cfg):
             log.warning("config: %s", warning)
-        self._loop.start()
-        self.notifier = ChangeNotifier(self._loop.loop)
+        self.notifier = ChangeNotifier(asyncio.get_running_loop())
         await self._writer.run(_listen, self.notifier.notify_threadsafe)
         self._readers = [Store.open_reader(self._path) for _ in range(2)]
         writer = self._writer
@@ -160,7 +152,7 @@ class FeedService:
         for sink in await self._writer.run(sinkstore.drop_unconfigured, configured):
             log.info("sink %s is no longer configured: its offset is dropped", sink)
         for sink_cfg in self.cfg.sinks:
-            await self._start(sink_cfg)
+            self._start(sink_cfg)
         self._task = asyncio.create_task(self._maintain(), name="syncd-feed")
 
     async def stop(self, seconds: float) -> None:
@@ -174,19 +166,16 @@ class FeedService:
         with contextlib.suppress(StoreClosedError, sqlite3.Error):
             await self.save_states()
         for item in running:
-            await self._loop.close(item.sink)
+            await _close(item.sink)
         self._sinks.clear()
         if self.notifier is not None:
             with contextlib.suppress(StoreClosedError):
                 await self._writer.run(_unlisten, self.notifier.notify_threadsafe)
-        # After the writer stopped waking it; the loop's stop waits for the reads in flight
-        # on its worker threads, so the readers are closed under nobody.
-        await self._loop.stop()
         for conn in self._readers:
             conn.close()
         self._readers = []
 
-    async def _start(self, cfg: SinkConfig) -> None:
+    def _start(self, cfg: SinkConfig) -> None:
         assert self._log is not None
         assert self.notifier is not None
         opts = self._options
@@ -200,16 +189,24 @@ class FeedService:
             sleep=opts.sleep,
             on_report=self._on_report,
         )
-        task = await self._loop.spawn(runner)
+        task = asyncio.create_task(_run(runner), name=f"syncd-sink-{cfg.name}")
         self._sinks[cfg.name] = _Running(cfg, self.cfg.secrets.sink_secrets.get(cfg.name), sink, runner, task)
 
     async def _halt(self, items: list[_Running], seconds: float) -> None:
-        await self._loop.halt([(item.runner, item.task) for item in items], seconds)
+        for item in items:
+            item.runner.stop()
+        if not items:
+            return
+        tasks = {item.task for item in items}
+        _, late = await asyncio.wait(tasks, timeout=seconds)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _stop_sink(self, name: str) -> _Running:
         item = self._sinks.pop(name)
         await self._halt([item], DELIVERY_GRACE)
-        await self._loop.close(item.sink)
+        await _close(item.sink)
         return item
 
     # -- reloads and resets -----------------------------------------------------------------
@@ -231,11 +228,11 @@ class FeedService:
                 item = self._sinks.get(name)
                 try:
                     if item is None:
-                        await self._start(sink_cfg)
+                        self._start(sink_cfg)
                         log.info("sink %s added", name)
                     elif item.cfg != sink_cfg or item.secret != cfg.secrets.sink_secrets.get(name):
                         await self._stop_sink(name)
-                        await self._start(sink_cfg)
+                        self._start(sink_cfg)
                         log.info("sink %s changed (%s): restarted at its offset", name, _diff(item, sink_cfg))
                 except Exception as exc:
                     # One sink that cannot be built costs itself, not the reload of the others.
@@ -253,7 +250,7 @@ class FeedService:
                     continue
                 item = await self._stop_sink(name)
                 await self._writer.run(sinkstore.reset, name, seq)
-                await self._start(item.cfg)
+                self._start(item.cfg)
                 log.info("sink %s: offset reset to seq %d", name, seq)
 
     # -- maintenance ------------------------------------------------------------------------
@@ -353,6 +350,20 @@ class FeedService:
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         async with self._read_lock:
             return await asyncio.to_thread(fn, self._readers[1])
+
+
+async def _run(runner: SinkRunner) -> None:
+    try:
+        await runner.run()
+    except Exception:
+        # A runner handles its own failures; one that escapes stops this sink, not the daemon.
+        log.exception("sink %s stopped unexpectedly", runner.name)
+
+
+async def _close(sink: Sink) -> None:
+    aclose = getattr(sink, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _diff(item: _Running, new: SinkConfig) -> str:
