@@ -342,6 +342,19 @@ def analyse(
         }
         for name, v in sorted(jobs.items(), key=lambda kv: -sum(r for _, r in kv[1]))[:8]
     }
+    # The sink's own view of its requests: how long each took from its start to the answer
+    # being read (what the sink's loop and the GIL add shows here, not in the arrival), and
+    # how long from one answer to the next request's start (a saturated sink's overhead).
+    requests = sorted((s, d) for _, _, _, s, d in trace["post"] if lo <= s <= hi)
+    took = [(d - s) * 1000 for s, d in requests]
+    gaps = [(b[0] - a[1]) * 1000 for a, b in itertools.pairwise(requests)]
+    report["sink requests"] = {
+        "count": len(requests),
+        "per second": round(len(requests) / (hi - lo), 1) if hi > lo else None,
+        "started -> answered p50": round(_q(took, 0.5), 3),
+        "started -> answered p99": round(_q(took, 0.99), 2),
+        "answered -> next started p50": round(_q(gaps, 0.5), 3),
+    }
     batches = [r[3] - r[2] + 1 for r in reads if lo <= r[0] <= hi]
     report["read batch size"] = {
         "count": len(batches),
