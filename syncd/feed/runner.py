@@ -203,13 +203,13 @@ class SinkRunner:
 
     async def _read_or_wait(self) -> None:
         assert self._offset is not None
-        ahead, self._next = self._next, None
+        ahead = self._next
         if ahead is not None and ahead[0] == self._offset:
             # Read while the batch before was delivered: what the log held after it then.
+            self._next = None
             generation, batch = ahead[1], await ahead[2]
         else:
-            if ahead is not None:
-                ahead[2].cancel()
+            self._drop_next()  # read after an offset that has moved since (a skip, a reset)
             generation = self._notifier.generation
             batch = await self._log.read_after(self._offset, self.batch_size)
         if not batch:
