@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from syncd import jsonparse, timefmt
 from syncd.contract import EVENTS
 from syncd.errors import RecordError
 
 Source = Literal["webhook", "poll", "fetch"]
+T = TypeVar("T")
 #: Deeper JSON than this is not a valid envelope: real ones are 3-4 levels deep, and deep
 #: nesting is a way to make every later json.dumps/loads of the body hit the recursion limit.
 MAX_JSON_DEPTH = 32
@@ -140,6 +141,18 @@ def normalize_id(resource: str, value: RecordId) -> RecordId:
 
 def parse_record(resource: str, obj: object, source: Source) -> Change:
     """An API record (listing, GET one, or a full webhook snapshot) -> Change."""
+    return _parse_record(resource, obj, source, timefmt.parse)[0]
+
+
+def parse_listed(resource: str, obj: object) -> tuple[Change, int]:
+    """`parse_record` of a listed record, and its updatedAt in epoch milliseconds: a
+    listing's cursor needs the instant, and the check has just computed it."""
+    return _parse_record(resource, obj, "poll", timefmt.to_ms)
+
+
+def _parse_record(
+    resource: str, obj: object, source: Source, instant: Callable[[str], T]
+) -> tuple[Change, T]:
     if not isinstance(obj, dict):
         raise RecordError(f"record must be a JSON object, got {type(obj).__name__}", resource=resource)
     record_id = _check_id(obj.get("id"), resource)
@@ -163,13 +176,13 @@ def parse_record(resource: str, obj: object, source: Source) -> Change:
             resource=resource,
         )
     try:
-        timefmt.parse(updated_at)
+        at = instant(updated_at)
     except timefmt.TimestampError as exc:
         raise RecordError(
             f"record {record_id!r}: updatedAt must be an RFC 3339 timestamp, got {updated_at!r} ({exc.problem})",
             resource=resource,
         ) from None
-    return Change(resource, record_id, version, updated_at, obj, source)
+    return Change(resource, record_id, version, updated_at, obj, source), at
 
 
 def _loads(body: bytes) -> Any:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 
 from syncd import timefmt
 from syncd.core.reconcile import BatchResult, Outcome
-from syncd.core.records import Change, parse_record
+from syncd.core.records import Change, parse_listed
 from syncd.errors import CursorExpiredError, ListingLoopError, RecordError
 from syncd.heap import listing_heap
 from syncd.poll import transactions
@@ -311,24 +311,28 @@ class Poller:
     def _prepare(self, result: PollResult, page: Page, prev_ms: int | None) -> PageGroup:
         resource = result.resource
         changes: list[Change] = []
+        stamps: list[int] = []
         rejected: list[Rejected] = []
         for obj in page.records:
             try:
-                changes.append(parse_record(resource, obj, "poll"))
+                change, ms = parse_listed(resource, obj)
             except RecordError as exc:
                 # A dead letter, not fatal: one bad record must not stop the whole resource.
                 rid = obj.get("id") if isinstance(obj, dict) else None
                 rejected.append((obj, exc.reason, None if rid is None else str(rid)))
                 log.warning("%s: an invalid record in a listing is kept as a dead letter: %s", resource, exc)
+                continue
+            changes.append(change)
+            stamps.append(ms)
         page_max: int | None = None
         fresh = 0
         if changes:
-            # A timestamp that is no instant never reaches the cursor, whatever let it through.
-            stamps = [instant_ms(c.updated_at) for c in changes]
             api_now = timefmt.http_date_epoch(page.date)
             trust_until = trust_limit(api_now, self.clock(), self.cfg.poll.max_clock_skew)
-            trusted = [ms for ms in stamps if ms is not None and ms <= trust_until]
-            if any(ms is not None and ms > trust_until for ms in stamps):
+            # Every stamp is an instant (parse_listed refused the rest); those too far ahead
+            # are mirrored but never move the cursor.
+            trusted = [ms for ms in stamps if ms <= trust_until]
+            if len(trusted) < len(stamps):
                 result.future += self._future_seen.report(
                     resource,
                     changes,
