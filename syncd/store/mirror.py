@@ -11,7 +11,7 @@ from typing import Any
 import sqlite_utils
 
 from syncd.core.records import AUTHORITY
-from syncd.core.values import BOUND_AS_IS, StoredState, storable_text, to_column_value
+from syncd.core.values import BOUND_AS_IS, StoredState, to_column_value, to_stored_value
 from syncd.errors import ColumnLimitError, StoreError
 from syncd.store.schema import RESERVED_FIELDS, column_for, field_key, fold, quote
 from syncd.store.sql import chunks
@@ -201,7 +201,7 @@ class MirrorTables:
             # bound as they are and converted only when binding fails. The upsert makes
             # writing the rows before it again harmless.
             for row in rows:
-                row[:] = [_storable(v) for v in row]
+                row[:] = [to_stored_value(v) for v in row]
             self.conn.executemany(sql, rows)
 
     def raise_authority(self, resource: str, rows: Sequence[tuple[int, Any]]) -> None:
@@ -242,14 +242,6 @@ class MirrorTables:
     def _unlisted_args(generation: int, spare_since: str) -> tuple[int, float, float]:
         spare = to_epoch(spare_since)
         return generation, spare, spare
-
-
-def _storable(value: Any) -> Any:
-    """A value bound as it is (BOUND_AS_IS) as the store holds it: escaped or converted."""
-    kind = type(value)
-    if kind is str:
-        return storable_text(value)
-    return to_column_value(value) if kind is int else value
 
 
 def mirror_counts(conn: sqlite3.Connection, resource: str) -> tuple[int, int]:
