@@ -109,7 +109,7 @@ class FutureSightings:
         self,
         resource: str,
         changes: Sequence[Change],
-        stamps: Sequence[int | None],
+        stamps: Sequence[int],
         trust_until: int,
         dated: bool,
         max_skew: float,
@@ -120,7 +120,7 @@ class FutureSightings:
         clock = "the API's Date header" if dated else "this host's clock (no Date header)"
         new = 0
         for change, ms in zip(changes, stamps, strict=True):
-            if ms is None or ms <= trust_until or not self.first_sighting(resource, change.id, ms):
+            if ms <= trust_until or not self.first_sighting(resource, change.id, ms):
                 continue
             new += 1
             if metrics is not None:
