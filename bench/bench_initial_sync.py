@@ -69,12 +69,9 @@ def start_simulator(orders: int) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError(f"the simulator exited with {proc.wait()} before listening")
 
 
-#: The collector settings syncd's sync runs under: "daemon" is `syncd run`'s (serving_heap),
-#: which its first sync runs under; "default" is CPython's. Set from --collector.
-COLLECTOR = "daemon"
-
-
-def run_child(kind: str, url: str, workdir: Path, expected: int) -> dict[str, Any]:
+def run_child(kind: str, url: str, workdir: Path, expected: int, collector: str) -> dict[str, Any]:
+    """One run in a child process; `collector` is syncd's collector settings there: "daemon"
+    (`syncd run`'s serving_heap, which its first sync runs under) or "default" (CPython's)."""
     out = subprocess.run(
         [
             sys.executable,
@@ -86,7 +83,7 @@ def run_child(kind: str, url: str, workdir: Path, expected: int) -> dict[str, An
             "--workdir",
             str(workdir),
             "--collector",
-            COLLECTOR,
+            collector,
         ],
         check=True,
         capture_output=True,
@@ -262,7 +259,7 @@ def child_dlt(url: str, workdir: Path) -> dict[str, Any]:
     }
 
 
-def measure(kind: str, orders: int, repeat: int = 1) -> dict[str, Any]:
+def measure(kind: str, orders: int, collector: str, repeat: int = 1) -> dict[str, Any]:
     """The fastest of `repeat` runs, each into a fresh database of a fresh child process.
 
     Short runs on a shared host vary a lot in wall time (CPU time much less); the best of a
@@ -273,7 +270,7 @@ def measure(kind: str, orders: int, repeat: int = 1) -> dict[str, Any]:
         for _ in range(repeat):
             workdir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
             try:
-                runs.append(run_child(kind, url, workdir, orders))
+                runs.append(run_child(kind, url, workdir, orders, collector))
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         best = max(runs, key=lambda r: r["rate"])
@@ -311,8 +308,6 @@ def main() -> int:
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    global COLLECTOR  # the children take it on their command line
-    COLLECTOR = args.collector
     if args.child:
         if args.child == "syncd":
             result = child_syncd(args.url, Path(args.workdir), args.collector)
@@ -323,8 +318,8 @@ def main() -> int:
 
     if args.quick:
         args.orders, args.dlt_orders, args.repeat = 20_000, 20_000, 1
-    syncd = measure("syncd", args.orders)
-    raw = measure("raw", args.orders)
+    syncd = measure("syncd", args.orders, args.collector)
+    raw = measure("raw", args.orders, args.collector)
     report: dict[str, Any] = {
         "benchmark": "initial_sync",
         "syncd": syncd,
@@ -339,10 +334,12 @@ def main() -> int:
     checks = {"rate": syncd["rate"] >= TARGET_RATE, "peak_rss": syncd["peak_rss_mb"] < TARGET_RSS_MB}
     if not args.skip_dlt:
         dlt_orders = min(args.dlt_orders or args.orders, args.orders)
-        dlt = measure("dlt", dlt_orders, args.repeat)
+        dlt = measure("dlt", dlt_orders, args.collector, args.repeat)
         report["dlt"] = dlt
         # Same-size runs are the fair comparison (fixed costs and table size weigh alike).
-        same = syncd if dlt_orders == args.orders else measure("syncd", dlt_orders, args.repeat)
+        same = (
+            syncd if dlt_orders == args.orders else measure("syncd", dlt_orders, args.collector, args.repeat)
+        )
         ratio = same["rate"] / dlt["rate"]
         report["ratio_vs_dlt"] = round(ratio, 2)
         report["cpu_ratio_vs_dlt"] = round(same["orders_per_cpu_second"] / dlt["orders_per_cpu_second"], 2)
@@ -354,7 +351,7 @@ def main() -> int:
                 "ratio_vs_dlt compares orders/s at the same size"
             )
         checks["dlt_ratio"] = ratio >= TARGET_RATIO
-    report["collector"] = "the daemon's (serving_heap)" if COLLECTOR == "daemon" else "CPython's default"
+    report["collector"] = "the daemon's (serving_heap)" if args.collector == "daemon" else "CPython's default"
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     report["cpus"] = os.cpu_count()
     report["checks"] = checks
